@@ -1,0 +1,1 @@
+"""Domains: turn their inputs into self-edit prompts, training data and evaluations."""

@@ -1,0 +1,129 @@
+"""Text generation behind one interface, so other backends (vLLM, an HTTP endpoint) can plug in.
+
+A `Prompt` carries two renderings, chat messages and plain text: instruction-tuned models get
+their chat template, base models the plain text. `Generator.generate` takes many prompts at once
+and returns `n` completions for each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from seal_lm.adapters import Adapter, applied
+from seal_lm.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request: `messages` for chat models, `text` for base models (same content)."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    text: str
+
+    @classmethod
+    def single_turn(cls, user: str, base_text: str | None = None) -> Prompt:
+        return cls(messages=(("user", user),), text=base_text if base_text is not None else user)
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings; temperature 0 means greedy decoding."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
+
+
+class Generator(Protocol):
+    """Anything that turns prompts into completions: `n` strings per prompt, in prompt order."""
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapter: Adapter | None = None
+    ) -> list[list[str]]: ...
+
+
+@dataclass
+class HFGenerator:
+    """In-process generation with transformers: batched, left-padded, with the KV cache."""
+
+    loaded: LoadedModel
+    batch_size: int = 16
+    use_chat_template: bool | None = None  # None: use it when the tokenizer has one
+    _chat: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._chat = self.loaded.has_chat_template if self.use_chat_template is None else self.use_chat_template
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees for `prompt`."""
+        if not self._chat:
+            return prompt.text
+        messages = [{"role": role, "content": content} for role, content in prompt.messages]
+        return self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapter: Adapter | None = None
+    ) -> list[list[str]]:
+        if not prompts:
+            return []
+        tokenizer = self.loaded.tokenizer
+        texts = [self.render(p) for p in prompts]
+        # Chat templates already contain the special tokens; base prompts get the tokenizer's defaults.
+        encoded = [tokenizer(t, add_special_tokens=not self._chat)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+        results: list[list[str]] = [[] for _ in prompts]
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with applied(self.loaded.model, adapter) as model:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                completions = self._generate_batch(model, [encoded[i] for i in batch], params)
+                for i, outs in zip(batch, completions):
+                    results[i] = outs
+        return results
+
+    def _generate_batch(self, model, token_ids: list[list[int]], params: SamplingParams) -> list[list[str]]:
+        tokenizer = self.loaded.tokenizer
+        width = max(len(ids) for ids in token_ids)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in token_ids])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids])
+        sampling = params.temperature > 0
+        n = params.n if sampling else 1
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            num_return_sequences=n,
+            pad_token_id=pad,
+        )
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:  # the model's generation_config may carry sampling defaults; greedy must not warn about them
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        device = self.loaded.device
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
+            )
+        new_tokens = output[:, width:]
+        decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        decoded = [_cut_at_stop(text, params.stop) for text in decoded]
+        grouped = [decoded[i * n : (i + 1) * n] for i in range(len(token_ids))]
+        return [g * params.n if not sampling else g for g in grouped]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
