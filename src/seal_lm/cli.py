@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from seal_lm.errors import SealError
@@ -121,7 +122,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     config = _eval_config(args)
     out = Path(args.out) if args.out else RunDir.new_path("runs", args.command)
-    summary = run_eval(config, out, show_progress=not args.no_progress)
+    summary = run_eval(config, out, show_progress=not args.no_progress, label=f"seal {args.command}")
     print_eval_table(summary)
     print(f"run directory: {out}")
     return 0
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")  # peft internals
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

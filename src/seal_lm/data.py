@@ -61,7 +61,7 @@ def load_demo_corpus(split: str = "validation") -> list[Passage]:
     """The invented passages shipped with seal-lm (no model can know their answers in advance)."""
     if split not in DEMO_SPLITS:
         raise SealError(f"unknown demo split '{split}' (choose {' or '.join(DEMO_SPLITS)})")
-    text = resources.files("seal_lm.data").joinpath(f"demo_{split}.json").read_text(encoding="utf-8")
+    text = resources.files("seal_lm").joinpath("demo_corpus", f"{split}.json").read_text(encoding="utf-8")
     return parse_passages(json.loads(text), f"demo corpus ({split})")
 
 

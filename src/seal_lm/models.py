@@ -168,8 +168,12 @@ def load_model(settings: ModelSettings | str = EMBEDDED_MODEL) -> LoadedModel:
     model.to(device)
     model.eval()
     model.requires_grad_(False)  # the base model is frozen; only LoRA adapters ever train
-    display = EMBEDDED_DISPLAY_NAME if settings.name == EMBEDDED_MODEL else settings.name
-    return LoadedModel(model=model, tokenizer=tokenizer, name=display, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display_name(settings.name), source=source)
+
+
+def display_name(name: str) -> str:
+    """What tables call a model: the embedded one by its real name."""
+    return EMBEDDED_DISPLAY_NAME if name == EMBEDDED_MODEL else name
 
 
 def _first_line(exc: BaseException) -> str:

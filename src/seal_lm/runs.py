@@ -26,6 +26,7 @@ class RunDir:
     def __init__(self, path: str | Path, config: dict[str, Any]):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        config = json.loads(json.dumps(config, default=str))  # compare as stored (tuples become lists)
         config_path = self.path / CONFIG_FILE
         if config_path.exists():
             previous = json.loads(config_path.read_text())

@@ -28,7 +28,7 @@ from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_seque
 from seal_lm.generation import Generator, HFGenerator, SamplingParams
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
-from seal_lm.models import LoadedModel, ModelSettings, load_model
+from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
 from seal_lm.runs import RunDir
 from seal_lm.stats import mean_with_interval
 
@@ -140,7 +140,7 @@ def _merge_samples(samples: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def run_eval(config: EvalConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_eval(config: EvalConfig, out: str | Path, show_progress: bool = True, label: str = "seal eval") -> dict[str, Any]:
     """Run (or resume) an evaluation into `out`; return the summary that is also written there."""
     config.validate()
     passages = load_eval_passages(config)
@@ -153,7 +153,7 @@ def run_eval(config: EvalConfig, out: str | Path, show_progress: bool = True) ->
         if any(c == "teacher" for _, c in todo):
             teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
         evaluator = KnowledgeEvaluator(config, loaded, teacher)
-        for passage, condition in tqdm(todo, desc="seal eval", unit="unit", disable=not show_progress):
+        for passage, condition in tqdm(todo, desc=label, unit="unit", disable=not show_progress):
             run.append(evaluator.run(passage, condition))
     summary = summarize(run.records, config, passages)
     run.write_summary(summary)
@@ -178,7 +178,7 @@ def summarize(records: list[dict], config: EvalConfig, passages: list[Passage]) 
             "accuracy": {g: mean_with_interval([q["scores"][g] for q in questions]).as_dict() for g in GRADERS},
             "self_edit_status": dict(statuses),
         }
-    return {"grader": config.grader, "model": config.model.name, "conditions": rows}
+    return {"grader": config.grader, "model": display_name(config.model.name), "conditions": rows}
 
 
 def condition_label(condition: str, config: EvalConfig) -> str:

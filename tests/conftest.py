@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny, randomly initialised Llama built from a config (no download), and the
+embedded SmolLM2-135M model for integration tests (marked slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from seal_lm.data import load_demo_corpus
+from seal_lm.models import LoadedModel, ModelSettings, load_model
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_model(directory: Path, chat: bool = True, seed: int = 0) -> Path:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained on the demo corpus, saved to `directory`."""
+    texts = [f"{p.title}\n{p.context}\n" + "\n".join(q.question for q in p.questions)
+             for split in ("train", "validation") for p in load_demo_corpus(split)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<|im_end|>",
+                                        bos_token="<|im_start|>")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-chat"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir) -> LoadedModel:
+    return load_model(ModelSettings(name=str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    return load_model(ModelSettings(device="cpu"))
+
+
+@pytest.fixture()
+def passages_file(tmp_path) -> Path:
+    """Two demo passages in the SEAL grouping, as a user would pass with --data."""
+    data = [{"title": p.title, "context": p.context,
+             "questions": [{"question": q.question, "answer": q.answers[0]} for q in p.questions]}
+            for p in load_demo_corpus("validation")[:2]]
+    path = tmp_path / "passages.json"
+    path.write_text(json.dumps(data))
+    return path

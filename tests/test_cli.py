@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from seal_lm.cli import main
+
+FAST = ["--epochs", "1", "--lora-rank", "4", "--lora-alpha", "8", "--max-new-tokens", "24", "--no-progress"]
+
+
+def _eval(tiny_model_dir, data, out, *extra):
+    return main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *FAST, *extra])
+
+
+def _lines(path):
+    return [json.loads(l) for l in (path / "results.jsonl").read_text().splitlines()]
+
+
+def test_eval_writes_config_results_and_summary_and_prints_the_table(tiny_model_dir, passages_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(tiny_model_dir, passages_file, out, "--self-edits", "2") == 0
+    printed = capsys.readouterr().out
+    for label in ("base model", "train on passage", "passage + self-edit", "accuracy [95% CI]"):
+        assert label in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["self_edits_per_passage"] == 2 and config["inner_loop"]["epochs"] == 1
+    records = _lines(out)
+    assert [(r["title"], r["condition"]) for r in records][:3] == [
+        (records[0]["title"], c) for c in ("base", "passage", "self-edit")]
+    assert len(records) == 6
+    self_edit = records[2]
+    assert len(self_edit["self_edits"]) == 2 and len(self_edit["training"]) == 2
+    assert self_edit["training"][0]["sequences"][0].startswith(records[0]["title"] + "\n")
+    for q in self_edit["questions"]:
+        assert len(q["predictions"]) == 2 and set(q["scores"]) == {"exact", "f1", "contains"}
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["conditions"]["passage"]
+    assert row["passages"] == 2 and row["questions"] == 10
+    assert set(row["accuracy"]["contains"]) == {"mean", "low", "high", "n"}
+    assert sum(summary["conditions"]["self-edit"]["self_edit_status"].values()) == 4
+
+
+def test_rerun_resumes_without_redoing_work_and_reaches_the_same_summary(tiny_model_dir, passages_file, tmp_path):
+    out = tmp_path / "run"
+    assert _eval(tiny_model_dir, passages_file, out) == 0
+    full = json.loads((out / "summary.json").read_text())
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:4]) + lines[4][:10])  # as if killed while writing line 5
+    assert _eval(tiny_model_dir, passages_file, out) == 0
+    records = _lines(out)
+    assert len(records) == 6 and len({(r["passage_id"], r["condition"]) for r in records}) == 6
+    resumed = json.loads((out / "summary.json").read_text())
+    for row in (full, resumed):
+        for cond in row["conditions"].values():
+            cond.pop("seconds_per_passage")
+    assert resumed == full
+    assert _eval(tiny_model_dir, passages_file, out) == 0  # nothing left to do
+    assert len(_lines(out)) == 6
+
+
+def test_teacher_condition_uses_another_model(tiny_model_dir, tiny_base_model_dir, passages_file, tmp_path):
+    out = tmp_path / "run"
+    assert _eval(tiny_model_dir, passages_file, out, "--limit", "1", "--teacher", str(tiny_base_model_dir),
+                 "--conditions", "teacher") == 0
+    record, = _lines(out)
+    assert record["condition"] == "teacher" and record["self_edits"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditions"]["teacher"]["label"] == f"passage + self-edit by {tiny_base_model_dir}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{missing}"], "data file not found"),
+    (["--conditions", "base,magic"], "unknown condition(s) magic"),
+    (["--conditions", "teacher"], "condition 'teacher' needs --teacher"),
+])
+def test_bad_input_is_a_one_line_error_and_exit_2(tiny_model_dir, tmp_path, capsys, args, message, passages_file):
+    args = [a.replace("{missing}", str(tmp_path / "missing.json")) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(passages_file)]
+    code = main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *FAST, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_help_explains_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--teacher" in text and "--grader" in text and "default" in text

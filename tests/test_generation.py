@@ -1,0 +1,48 @@
+from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
+from seal_lm.models import ModelSettings, load_model
+
+PROMPTS = [Prompt.single_turn("Orlan"), Prompt.single_turn("The observatory of Marrowgate was built in the year"),
+           Prompt.single_turn("Who")]
+
+
+def test_chat_template_used_when_present_and_plain_text_otherwise(tiny, tiny_base_model_dir):
+    prompt = Prompt(messages=(("user", "hello"),), text="BASE: hello")
+    assert HFGenerator(tiny).render(prompt) == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    base = load_model(ModelSettings(name=str(tiny_base_model_dir)))
+    assert HFGenerator(base).render(prompt) == "BASE: hello"
+    assert HFGenerator(tiny, use_chat_template=False).render(prompt) == "BASE: hello"
+
+
+def test_batched_left_padded_greedy_equals_one_by_one(tiny):
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    batched = HFGenerator(tiny, batch_size=8).generate(PROMPTS, params)
+    single = [HFGenerator(tiny, batch_size=1).generate([p], params)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(len(outs) == 1 and outs[0] for outs in batched)
+
+
+def test_sampling_returns_n_per_prompt_and_is_seeded(tiny):
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=8, n=3, seed=7)
+    gen = HFGenerator(tiny)
+    first, again = gen.generate(PROMPTS, params), gen.generate(PROMPTS, params)
+    assert [len(o) for o in first] == [3, 3, 3]
+    assert first == again
+    assert len({o for outs in first for o in outs}) > 1  # a random tiny model rarely repeats itself
+
+
+def test_greedy_with_n_repeats_the_single_answer(tiny):
+    outs = HFGenerator(tiny).generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_new_tokens=5, n=2))
+    assert len(outs[0]) == 2 and outs[0][0] == outs[0][1]
+
+
+def test_stop_strings_cut_the_completion(tiny):
+    gen = HFGenerator(tiny)
+    free = gen.generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_new_tokens=20))[0][0]
+    assert len(free) > 3
+    stop = free[2:4]  # a string the model is known to produce
+    cut = gen.generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_new_tokens=20, stop=(stop,)))[0][0]
+    assert stop not in cut and free.startswith(cut) and len(cut) < len(free)
+
+
+def test_empty_prompt_list(tiny):
+    assert HFGenerator(tiny).generate([], GREEDY) == []
