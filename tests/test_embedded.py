@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from seal_lm.adapters import applied
+from seal_lm.adapters import using
 from seal_lm.cli import main
 from seal_lm.data import load_demo_corpus
 from seal_lm.domains.knowledge import answer_questions, question_prompt
@@ -40,7 +40,7 @@ def test_learning_a_passage_changes_answers_but_never_the_base_model(embedded):
     generator = HFGenerator(embedded)
     before = answer_questions(generator, [passage])[0]
     result, = LoraUpdater(embedded).train([TrainJob(training_sequences(passage))])
-    adapted = answer_questions(generator, [passage], result.adapter)[0]
+    adapted = answer_questions(generator, [passage], [result.adapter])[0]
     after = answer_questions(generator, [passage])[0]
     assert [q["prediction"] for q in after] == [q["prediction"] for q in before]
     assert [q["prediction"] for q in adapted] != [q["prediction"] for q in before]
@@ -49,7 +49,7 @@ def test_learning_a_passage_changes_answers_but_never_the_base_model(embedded):
     prompts = [generator.render(question_prompt(q.question)) for q in passage.questions]
     answers = [q.answers[0] for q in passage.questions]
     base_logprobs = _answer_logprobs(embedded.model, embedded.tokenizer, prompts, answers)
-    with applied(embedded.model, result.adapter) as adapted_model:
+    with using(embedded.model, result.adapter) as adapted_model:
         adapted_logprobs = _answer_logprobs(adapted_model, embedded.tokenizer, prompts, answers)
     gains = [a - b for a, b in zip(adapted_logprobs, base_logprobs)]
     assert sum(gains) > 10.0 and sum(g > 0 for g in gains) >= 3, gains

@@ -46,3 +46,20 @@ def test_stop_strings_cut_the_completion(tiny):
 
 def test_empty_prompt_list(tiny):
     assert HFGenerator(tiny).generate([], GREEDY) == []
+
+
+def test_prompts_with_different_adapters_share_a_batch(tiny):
+    from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+
+    settings = InnerLoopSettings(rank=8, alpha=16, epochs=30, learning_rate=3e-2)
+    first, second = LoraUpdater(tiny, settings).train([
+        TrainJob(["Orlan Vesk built an observatory of copper in Marrowgate."]),
+        TrainJob(["The Quillfen loom was woven in green wool by the river."]),
+    ])
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    prompts = PROMPTS[:2] * 3
+    choice = [first.adapter, first.adapter, second.adapter, second.adapter, None, None]
+    together = HFGenerator(tiny, batch_size=6).generate(prompts, params, choice)
+    alone = [HFGenerator(tiny).generate([p], params, a)[0] for p, a in zip(prompts, choice)]
+    assert together == alone
+    assert together[0] != together[4] or together[2] != together[4]  # the adapters change the answers

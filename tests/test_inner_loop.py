@@ -1,12 +1,13 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from peft import PeftModel
 
-from seal_lm.adapters import applied, save_adapter
+from seal_lm.adapters import save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
-from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, StackedAdamW, TrainJob, pack_sequences
 
 SEQUENCES = ["Orlan Vesk\nOrlan Vesk built the Marrowgate Observatory in 1902.",
              "Orlan Vesk\nThe observatory mirrors were copper.",
@@ -27,18 +28,73 @@ def test_training_lowers_the_loss_and_returns_one_result_per_job(tiny):
     assert len(results) == 2
     for r in results:
         assert r.epoch_losses[-1] < r.epoch_losses[0]
-        assert r.adapter.weights and all(k.endswith(".weight") and "lora_" in k for k in r.adapter.weights)
+        assert len(r.adapter.weights) == 14  # 7 projections x 2 layers
+        a, b = r.adapter.weights["model.layers.0.self_attn.q_proj"]
+        assert a.shape == (4, 64) and b.shape == (64, 4) and b.abs().sum() > 0
     assert results[0].train_tokens > results[1].train_tokens > 0
 
 
 def test_seeded_training_is_deterministic_and_seed_matters(tiny):
     updater = LoraUpdater(tiny, FAST)
-    a, b = updater.train([TrainJob(SEQUENCES), TrainJob(SEQUENCES)])
-    c, = updater.train([TrainJob(SEQUENCES, InnerLoopSettings(rank=4, alpha=8, epochs=3, learning_rate=1e-2, seed=1))])
+    a, = updater.train([TrainJob(SEQUENCES)])
+    b, = updater.train([TrainJob(SEQUENCES)])
+    c, = updater.train([TrainJob(SEQUENCES, replace(FAST, seed=1))])
     assert a.epoch_losses == b.epoch_losses
     for key in a.adapter.weights:
-        assert torch.equal(a.adapter.weights[key], b.adapter.weights[key])
-    assert any(not torch.equal(a.adapter.weights[k], c.adapter.weights[k]) for k in a.adapter.weights)
+        assert all(torch.equal(x, y) for x, y in zip(a.adapter.weights[key], b.adapter.weights[key]))
+    assert any(not torch.equal(a.adapter.weights[k][1], c.adapter.weights[k][1]) for k in a.adapter.weights)
+
+
+def test_jobs_trained_together_match_each_job_trained_alone(tiny):
+    """Different sequences, numbers of steps, learning rates and batch sizes in one multi-adapter pass."""
+    jobs = [
+        TrainJob(SEQUENCES, FAST),
+        TrainJob(SEQUENCES[:1], replace(FAST, learning_rate=3e-3, seed=5)),
+        TrainJob([SEQUENCES[2], SEQUENCES[0], "Orlan Vesk\nshort."], replace(FAST, epochs=4, batch_size=2, seed=9)),
+    ]
+    updater = LoraUpdater(tiny, FAST, max_row_tokens=64)  # small rows: sequences of several jobs share rows
+    together = updater.train(jobs)
+    for job, joint in zip(jobs, together):
+        alone, = updater.train([job])
+        assert joint.epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-5)
+        for name, (a, b) in alone.adapter.weights.items():
+            ja, jb = joint.adapter.weights[name]
+            assert torch.allclose(ja, a, atol=1e-5) and torch.allclose(jb, b, atol=1e-5), name
+
+
+def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
+    updater = LoraUpdater(tiny, FAST)
+    ids = updater.tokenize(SEQUENCES, 2048)
+    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] >= 2  # more than one row, so row padding is exercised too
+    with torch.no_grad():
+        logits = tiny.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
+        for k, seq in enumerate(ids):
+            alone = tiny.model(input_ids=torch.tensor([seq])).logits[0]
+            where = (packed.owners == k).nonzero()
+            got = logits[where[:, 0], where[:, 1]]
+            assert torch.allclose(got, alone, atol=1e-5)
+            labels = packed.labels[where[:, 0], where[:, 1]]
+            assert labels.tolist() == seq[1:] + [-100]
+    assert ((packed.owners == -1) == (packed.labels == -100) & (packed.owners == -1)).all()
+
+
+def test_stacked_adamw_matches_torch_adamw():
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(3, 4, 5))
+    reference = [torch.nn.Parameter(ours[k].detach().clone()) for k in range(3)]
+    optimizer = StackedAdamW([ours], n_adapters=3)
+    torch_opts = [torch.optim.AdamW([p], lr=0.01, weight_decay=0.0) for p in reference]
+    for step in range(4):
+        grads = torch.randn(3, 4, 5)
+        active = [0, 1, 2] if step < 2 else [0, 2]  # adapter 1 has finished its job
+        ours.grad = grads.clone()
+        optimizer.step(active, [0.01, 0.01, 0.01])
+        for k in active:
+            reference[k].grad = grads[k].clone()
+            torch_opts[k].step()
+    for k in range(3):
+        assert torch.allclose(ours[k], reference[k], atol=1e-6)
 
 
 def test_adapters_never_leak_into_the_base_model(tiny):
@@ -48,27 +104,15 @@ def test_adapters_never_leak_into_the_base_model(tiny):
     before_logits = _logits(tiny.model, SEQUENCES[0], tiny.tokenizer)
     weights_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     result, = LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES)])
-    adapted_answers = gen.generate(prompts, GREEDY_SHORT, adapter=result.adapter)
+    adapted_answers = gen.generate(prompts, GREEDY_SHORT, result.adapter)
     assert gen.generate(prompts, GREEDY_SHORT) == before_answers
     assert torch.equal(_logits(tiny.model, SEQUENCES[0], tiny.tokenizer), before_logits)
     assert tiny.model.state_dict().keys() == weights_before.keys()
     assert all(torch.equal(v, weights_before[k]) for k, v in tiny.model.state_dict().items())
     assert not any("lora" in name for name, _ in tiny.model.named_modules())
-    with applied(tiny.model, result.adapter) as adapted:
+    with using(tiny.model, result.adapter) as adapted:
         assert not torch.equal(_logits(adapted, SEQUENCES[0], tiny.tokenizer), before_logits)
     assert isinstance(adapted_answers, list)
-
-
-def test_dynamic_padding_matches_unpadded_loss(tiny):
-    updater = LoraUpdater(tiny, FAST)
-    batch = updater.tokenize(SEQUENCES, 2048)
-    with applied(tiny.model, updater.train([TrainJob(SEQUENCES)])[0].adapter) as model:
-        with torch.no_grad():
-            padded = updater._loss(model, batch[:2])
-            separate = [updater._loss(model, [ids]) for ids in batch[:2]]
-    lengths = [len(ids) - 1 for ids in batch[:2]]  # predicted tokens per sequence
-    expected = sum(l * n for l, n in zip(separate, lengths)) / sum(lengths)
-    assert padded.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_adapter_saves_in_standard_peft_format(tiny, tmp_path):
@@ -77,7 +121,7 @@ def test_adapter_saves_in_standard_peft_format(tiny, tmp_path):
     config = json.loads((path / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
     assert (path / "adapter_model.safetensors").exists()
-    with applied(tiny.model, result.adapter) as ours:
+    with using(tiny.model, result.adapter) as ours:
         expected = _logits(ours, SEQUENCES[1], tiny.tokenizer)
     loaded = PeftModel.from_pretrained(tiny.model, str(path))
     try:
@@ -89,7 +133,7 @@ def test_adapter_saves_in_standard_peft_format(tiny, tmp_path):
 def test_paper_defaults():
     d = InnerLoopSettings()
     assert (d.rank, d.alpha, d.learning_rate, d.epochs, d.batch_size, d.dropout) == (32, 64, 1e-3, 10, 1, 0.0)
-    assert d.lora_config().target_modules == "all-linear"
+    assert d.target_modules == "all-linear"
 
 
 def test_empty_job_is_rejected(tiny):

@@ -58,6 +58,8 @@ def _add_eval_args(parser: argparse.ArgumentParser, with_data: bool) -> None:
     parser.add_argument("--top-p", type=float, default=0.95, help="self-edit nucleus sampling (default 0.95)")
     parser.add_argument("--grader", default="contains", choices=sorted(GRADERS),
                         help="which grader is the accuracy; all are recorded (default contains, see README)")
+    parser.add_argument("--passages-per-batch", type=int, default=8,
+                        help="passages whose self-edits, inner loops and answers run batched together (default 8)")
     parser.add_argument("--out", help="run directory (default runs/<time>-eval); an existing one is resumed")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_model_args(parser)
@@ -110,6 +112,7 @@ def _eval_config(args: argparse.Namespace):
         self_edit_sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p,
                                           max_new_tokens=args.max_new_tokens),
         grader=args.grader,
+        passages_per_batch=args.passages_per_batch,
         inner_loop=InnerLoopSettings(rank=args.lora_rank, alpha=args.lora_alpha, learning_rate=args.lr,
                                      epochs=args.epochs, batch_size=args.batch_size, target_modules=targets),
     )

@@ -15,6 +15,9 @@ import torch
 
 from seal_lm.adapters import Adapter, applied
 from seal_lm.models import LoadedModel
+from seal_lm.multi_lora import RowRouting
+
+AdapterChoice = Adapter | Sequence[Adapter | None] | None  # one for all prompts, or one per prompt
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,14 @@ class Generator(Protocol):
     """Anything that turns prompts into completions: `n` strings per prompt, in prompt order."""
 
     def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams, adapter: Adapter | None = None
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapters: AdapterChoice = None
     ) -> list[list[str]]: ...
 
 
 @dataclass
 class HFGenerator:
-    """In-process generation with transformers: batched, left-padded, with the KV cache."""
+    """In-process generation with transformers: batched, left-padded, with the KV cache; prompts
+    with different adapters share a batch (each row routed to its own adapter)."""
 
     loaded: LoadedModel
     batch_size: int = 16
@@ -72,10 +76,13 @@ class HFGenerator:
         return self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams, adapter: Adapter | None = None
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapters: AdapterChoice = None
     ) -> list[list[str]]:
         if not prompts:
             return []
+        per_prompt = list(adapters) if isinstance(adapters, (list, tuple)) else [adapters] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"got {len(per_prompt)} adapters for {len(prompts)} prompts")
         tokenizer = self.loaded.tokenizer
         texts = [self.render(p) for p in prompts]
         # Chat templates already contain the special tokens; base prompts get the tokenizer's defaults.
@@ -84,15 +91,18 @@ class HFGenerator:
         results: list[list[str]] = [[] for _ in prompts]
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        with applied(self.loaded.model, adapter) as model:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                completions = self._generate_batch(model, [encoded[i] for i in batch], params)
-                for i, outs in zip(batch, completions):
-                    results[i] = outs
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            distinct = list({id(a): a for a in (per_prompt[i] for i in batch) if a is not None}.values())
+            slot = {id(a): k for k, a in enumerate(distinct)}
+            ids = [slot[id(per_prompt[i])] if per_prompt[i] is not None else -1 for i in batch]
+            with applied(self.loaded.model, distinct) as lora:
+                completions = self._generate_batch([encoded[i] for i in batch], params, lora, ids)
+            for i, outs in zip(batch, completions):
+                results[i] = outs
         return results
 
-    def _generate_batch(self, model, token_ids: list[list[int]], params: SamplingParams) -> list[list[str]]:
+    def _generate_batch(self, token_ids: list[list[int]], params: SamplingParams, lora, adapter_ids: list[int]) -> list[list[str]]:
         tokenizer = self.loaded.tokenizer
         width = max(len(ids) for ids in token_ids)
         pad = tokenizer.pad_token_id
@@ -113,8 +123,10 @@ class HFGenerator:
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
         device = self.loaded.device
+        if lora is not None:  # generate() repeats each row n times, next to each other
+            lora.route(RowRouting(torch.tensor(adapter_ids, device=device).repeat_interleave(n)))
         with torch.inference_mode():
-            output = model.generate(
+            output = self.loaded.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
             )
         new_tokens = output[:, width:]

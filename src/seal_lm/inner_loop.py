@@ -1,22 +1,26 @@
-"""The inner loop: LoRA finetuning of the frozen base model on a list of sequences.
+"""The inner loop: LoRA finetuning of the frozen base model on lists of sequences.
 
-Callers hand in a list of jobs and get one result per job; how the jobs are run (one after
-another here, many adapters at once later) is this module's business, not theirs. Every job
-starts from the untouched base model, and the base model is restored after each job.
+Callers hand in a list of jobs and get one adapter per job. Jobs that share the LoRA shape are
+trained together: all their adapters live side by side on the one base model (multi_lora.py),
+and each optimizer step packs the current batch of every job into dense rows (per-sequence
+attention boundaries and position ids, no padding inside a row), so one forward and backward
+pass serves every adapter. Each adapter sees exactly what it would see if trained alone: its own
+sequences in its own seeded order, its own loss normalisation, its own Adam state and learning
+rate schedule. The base model is never modified.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
+import torch.nn.functional as F
 
 from seal_lm.adapters import Adapter
 from seal_lm.models import LoadedModel
+from seal_lm.multi_lora import MultiLora, TokenRouting, injected
 
 
 @dataclass
@@ -33,12 +37,9 @@ class InnerLoopSettings:
     max_length: int = 2048  # longer sequences are truncated; shorter ones are never padded to it
     seed: int = 0
 
-    def lora_config(self) -> LoraConfig:
-        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-            bias="none", task_type="CAUSAL_LM",
-        )
+    def shape_key(self) -> tuple:
+        """Jobs with equal keys can be trained together in one multi-adapter pass."""
+        return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length)
 
 
 @dataclass
@@ -56,19 +57,34 @@ class TrainResult:
     adapter: Adapter
     epoch_losses: list[float]
     train_tokens: int  # real (unpadded) tokens processed over all epochs
-    seconds: float
-    extra: dict = field(default_factory=dict)
+    seconds: float  # wall time of the multi-adapter pass this job was part of, shared equally
 
 
 class LoraUpdater:
-    """Runs inner loops against one shared, frozen base model."""
+    """Runs inner loops against one shared, frozen base model.
 
-    def __init__(self, loaded: LoadedModel, settings: InnerLoopSettings | None = None):
+    `max_adapters` bounds how many jobs train together; `max_row_tokens` bounds a packed row
+    (attention cost grows with the square of a row's length).
+    """
+
+    def __init__(self, loaded: LoadedModel, settings: InnerLoopSettings | None = None,
+                 max_adapters: int = 16, max_row_tokens: int = 1024):
         self.loaded = loaded
         self.settings = settings or InnerLoopSettings()
+        self.max_adapters = max_adapters
+        self.max_row_tokens = max_row_tokens
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
-        return [self._train_one(job) for job in jobs]
+        results: list[TrainResult | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.settings or self.settings).shape_key(), []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_adapters):
+                chunk = indices[start : start + self.max_adapters]
+                for i, result in zip(chunk, self._train_together([jobs[i] for i in chunk])):
+                    results[i] = result
+        return results  # type: ignore[return-value]
 
     def tokenize(self, sequences: Sequence[str], max_length: int) -> list[list[int]]:
         """Token ids of each sequence, ending with EOS so the model also learns where a fact ends."""
@@ -81,49 +97,147 @@ class LoraUpdater:
             out.append(ids[:max_length])
         return out
 
-    def _train_one(self, job: TrainJob) -> TrainResult:
-        settings = job.settings or self.settings
+    def _train_together(self, jobs: list[TrainJob]) -> list[TrainResult]:
         started = time.perf_counter()
-        examples = [ids for ids in self.tokenize(job.sequences, settings.max_length) if len(ids) > 1]
-        if not examples:
-            raise ValueError("an inner-loop job needs at least one non-empty sequence")
-        torch.manual_seed(settings.seed)  # LoRA initialisation and batch order depend on the seed only
-        order_rng = torch.Generator().manual_seed(settings.seed)
-        model = get_peft_model(self.loaded.model, settings.lora_config())
-        try:
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-            steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
-            total_steps = steps_per_epoch * settings.epochs
-            # Linear decay to zero without warm-up, as the Hugging Face Trainer that SEAL used does.
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
+        settings = [job.settings or self.settings for job in jobs]
+        shape = settings[0]
+        examples = []
+        for job, s in zip(jobs, settings):
+            ids = [x for x in self.tokenize(job.sequences, s.max_length) if len(x) > 1]
+            if not ids:
+                raise ValueError("an inner-loop job needs at least one non-empty sequence")
+            examples.append(ids)
+        schedules = [_batch_schedule(ids, s) for ids, s in zip(examples, settings)]
+        n_steps = max(len(schedule) for schedule in schedules)
+        model = self.loaded.model
+        with injected(model, len(jobs), shape.rank, shape.alpha, shape.target_modules, shape.dropout) as lora:
+            for k, s in enumerate(settings):
+                lora.init_adapter(k, s.seed)
+            optimizer = StackedAdamW(list(lora.parameters()), n_adapters=len(jobs))
+            step_losses: list[list[float]] = [[] for _ in jobs]
             model.train()
-            epoch_losses = []
-            for _ in range(settings.epochs):
-                permutation = torch.randperm(len(examples), generator=order_rng).tolist()
-                losses = []
-                for start in range(0, len(examples), settings.batch_size):
-                    batch = [examples[i] for i in permutation[start : start + settings.batch_size]]
-                    loss = self._loss(model, batch)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(loss.item())
-                epoch_losses.append(sum(losses) / len(losses))
-            model.eval()
-            adapter = Adapter.from_peft_model(model)
-        finally:
-            model.unload()
-        tokens = sum(len(ids) for ids in examples) * settings.epochs
-        return TrainResult(adapter, epoch_losses, tokens, time.perf_counter() - started)
+            try:
+                for step in range(n_steps):
+                    active = [k for k, schedule in enumerate(schedules) if step < len(schedule)]
+                    batch = [(k, seq) for k in active for seq in schedules[k][step]]
+                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs)).items():
+                        step_losses[k].append(loss)
+                    lrs = [s.learning_rate * (1 - step / len(schedules[k])) if step < len(schedules[k]) else 0.0
+                           for k, s in enumerate(settings)]  # linear decay to zero, as the HF Trainer SEAL used
+                    optimizer.step(active, lrs)
+            finally:
+                model.eval()
+                lora.route(None)
+            adapters = [Adapter(shape.rank, shape.alpha, lora.adapter_weights(k)) for k in range(len(jobs))]
+        seconds = (time.perf_counter() - started) / len(jobs)
+        results = []
+        for k, s in enumerate(settings):
+            per_epoch = len(schedules[k]) // s.epochs
+            losses = step_losses[k]
+            epoch_losses = [sum(losses[e * per_epoch : (e + 1) * per_epoch]) / per_epoch for e in range(s.epochs)]
+            results.append(TrainResult(adapters[k], epoch_losses, sum(map(len, examples[k])) * s.epochs, seconds))
+        return results
 
-    def _loss(self, model, batch: list[list[int]]) -> torch.Tensor:
-        """Causal-LM loss on a right-padded batch, padded only to its own longest sequence."""
-        width = max(len(ids) for ids in batch)
-        pad = self.loaded.tokenizer.pad_token_id
+    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, list[int]]], n_adapters: int) -> dict[int, float]:
+        """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
         device = self.loaded.device
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in batch], device=device)
-        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch], device=device)
-        labels = input_ids.masked_fill(attention == 0, -100)
-        return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id, device)
+        lora.route(TokenRouting.from_token_adapters(packed.owners, n_adapters))
+        logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
+        token_loss = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(), ignore_index=-100,
+                                     reduction="none")
+        owners = packed.owners.flatten()
+        predicted = torch.zeros(n_adapters, device=device).index_add(
+            0, owners.clamp(min=0), (packed.labels.flatten() != -100).float())
+        weight = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[owners.clamp(min=0)], 0.0)
+        weighted = token_loss * weight
+        weighted.sum().backward()
+        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, owners.clamp(min=0), weighted.detach())
+        return {k: per_adapter[k].item() for k, _ in batch}
+
+
+@dataclass
+class PackedBatch:
+    """Sequences packed into dense rows: positions restart at 0 for every sequence (transformers
+    then keeps attention within each sequence), labels are next tokens within a sequence."""
+
+    input_ids: torch.Tensor  # [rows, width]
+    position_ids: torch.Tensor
+    labels: torch.Tensor  # -100 where nothing is predicted (last token of a sequence, row padding)
+    owners: torch.Tensor  # adapter of each token; -1 for row padding
+
+
+def pack_sequences(sequences: list[tuple[int, list[int]]], max_row_tokens: int, pad_id: int,
+                   device: torch.device | str = "cpu") -> PackedBatch:
+    """Pack (adapter, token ids) pairs into rows of at most `max_row_tokens` (first fit, longest first)."""
+    rows: list[list[tuple[int, list[int]]]] = []
+    used: list[int] = []
+    for item in sorted(sequences, key=lambda kv: -len(kv[1])):
+        for r in range(len(rows)):
+            if used[r] + len(item[1]) <= max_row_tokens:
+                rows[r].append(item)
+                used[r] += len(item[1])
+                break
+        else:
+            rows.append([item])
+            used.append(len(item[1]))
+    width = max(used)
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "position_ids": [], "labels": [], "owners": []}
+    for row, length in zip(rows, used):
+        fill = width - length
+        columns["input_ids"].append([t for _, ids in row for t in ids] + [pad_id] * fill)
+        # Row padding is its own "sequence" starting at position 0, so it never joins a real one.
+        columns["position_ids"].append([p for _, ids in row for p in range(len(ids))] + list(range(fill)))
+        columns["labels"].append([t for _, ids in row for t in ids[1:] + [-100]] + [-100] * fill)
+        columns["owners"].append([k for k, ids in row for _ in ids] + [-1] * fill)
+    return PackedBatch(**{name: torch.tensor(value, device=device) for name, value in columns.items()})
+
+
+def _batch_schedule(examples: list[list[int]], settings: InnerLoopSettings) -> list[list[list[int]]]:
+    """The job's batches for all epochs, in its own seeded order (independent of other jobs)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    schedule = []
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order), settings.batch_size):
+            schedule.append([examples[i] for i in order[start : start + settings.batch_size]])
+    return schedule
+
+
+class StackedAdamW:
+    """AdamW over stacked adapter weights ([K, ...] tensors) with a step count and learning rate per
+    adapter, updating only the adapters that took part in the step (torch's AdamW cannot skip
+    slices of a tensor, and a job that ran out of batches must stay as it is)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], n_adapters: int,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        self.params = params
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = torch.zeros(n_adapters)
+
+    @torch.no_grad()
+    def step(self, active: list[int], lrs: list[float]) -> None:
+        beta1, beta2 = self.betas
+        idx = torch.tensor(active)
+        self.steps[idx] += 1
+        t = self.steps[idx]
+        lr = torch.tensor([lrs[k] for k in active])
+        step_size = (lr / (1 - beta1**t))
+        bias2_sqrt = torch.sqrt(1 - beta2**t)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            shape = (len(active),) + (1,) * (p.dim() - 1)
+            g = p.grad[idx]
+            m_k = m[idx].mul_(beta1).add_(g, alpha=1 - beta1)
+            v_k = v[idx].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            m[idx], v[idx] = m_k, v_k
+            denom = (v_k.sqrt() / bias2_sqrt.view(shape).to(p.device)).add_(self.eps)
+            update = m_k / denom * step_size.view(shape).to(p.device)
+            p_k = p.data[idx]
+            if self.weight_decay:
+                p_k.mul_(1 - lr.view(shape).to(p.device) * self.weight_decay)
+            p.data[idx] = p_k - update
+            p.grad = None

@@ -45,11 +45,14 @@ def write_self_edits(
 
 
 def answer_questions(
-    generator: Generator, passages: Sequence[Passage], adapter: Adapter | None = None
+    generator: Generator, passages: Sequence[Passage], adapters: Sequence[Adapter | None] | None = None
 ) -> list[list[dict]]:
-    """Closed-book answers to every question of `passages`, graded by every grader."""
+    """Closed-book answers to every question of `passages` (passage i answered by `adapters[i]`,
+    all in one batched call), graded by every grader."""
+    per_passage = list(adapters) if adapters is not None else [None] * len(passages)
     questions = [q for p in passages for q in p.questions]
-    answers = generator.generate([question_prompt(q.question) for q in questions], ANSWER_SAMPLING, adapter)
+    per_question = [a for p, a in zip(passages, per_passage) for _ in p.questions]
+    answers = generator.generate([question_prompt(q.question) for q in questions], ANSWER_SAMPLING, per_question)
     graded = iter(
         {"question": q.question, "answers": list(q.answers), "prediction": a[0].strip(),
          "scores": grade_all(a[0], q.answers)}

@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from seal_lm.data import Passage, load_demo_corpus, load_passages
-from seal_lm.domains.knowledge import answer_questions, write_self_edits
+from seal_lm.domains.knowledge import SelfEdit, answer_questions, write_self_edits
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_sequences
 from seal_lm.generation import Generator, HFGenerator, SamplingParams
@@ -52,6 +52,7 @@ class EvalConfig:
     )
     grader: str = "contains"
     inner_loop: InnerLoopSettings = field(default_factory=InnerLoopSettings)
+    passages_per_batch: int = 8  # passages whose self-edits, inner loops and answers are batched together
 
     def validate(self) -> None:
         get_format(self.format)
@@ -62,8 +63,8 @@ class EvalConfig:
             raise SealError(f"unknown condition(s) {', '.join(unknown)} (choose from: {', '.join(CONDITIONS)})")
         if "teacher" in self.conditions and not self.teacher:
             raise SealError("condition 'teacher' needs --teacher MODEL")
-        if self.self_edits_per_passage < 1:
-            raise SealError("self_edits_per_passage must be at least 1")
+        if self.self_edits_per_passage < 1 or self.passages_per_batch < 1:
+            raise SealError("self_edits_per_passage and passages_per_batch must be at least 1")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,7 +84,8 @@ def derived_seed(seed: int, *parts: str) -> int:
 
 
 class KnowledgeEvaluator:
-    """Runs the conditions for one passage at a time against one loaded model."""
+    """Runs one condition for a group of passages at a time: self-edits for all of them in one
+    batched generation, all their inner loops in one multi-adapter pass, all answers in one batch."""
 
     def __init__(self, config: EvalConfig, loaded: LoadedModel, teacher: Generator | None = None):
         self.config = config
@@ -93,37 +95,47 @@ class KnowledgeEvaluator:
         self.teacher = teacher
         self.fmt = get_format(config.format)
 
-    def run(self, passage: Passage, condition: str) -> dict[str, Any]:
+    def run(self, passages: list[Passage], condition: str) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        seed = derived_seed(self.config.seed, passage.id, condition)
-        record: dict[str, Any] = {"passage_id": passage.id, "title": passage.title, "condition": condition}
+        seed = derived_seed(self.config.seed, condition, *(p.id for p in passages))
+        records: list[dict[str, Any]] = [
+            {"passage_id": p.id, "title": p.title, "condition": condition} for p in passages
+        ]
         if condition == "base":
-            samples = [answer_questions(self.generator, [passage])[0]]
+            samples = [[graded] for graded in answer_questions(self.generator, passages)]
         else:
-            writer = self.teacher if condition == "teacher" else self.generator
-            edits = [] if condition == "passage" else self._self_edits(writer, passage, seed)
-            record["self_edits"] = [e.as_record() for e in edits]
-            sequence_sets = [training_sequences(passage, [e.parsed]) for e in edits] or [training_sequences(passage)]
-            jobs = [
-                TrainJob(seqs, dataclasses.replace(self.config.inner_loop, seed=seed + i))
-                for i, seqs in enumerate(sequence_sets)
-            ]
-            results = self.updater.train(jobs)
-            record["training"] = [
-                {"sequences": seqs, "epoch_losses": r.epoch_losses, "tokens": r.train_tokens, "seconds": r.seconds}
-                for seqs, r in zip(sequence_sets, results)
-            ]
-            samples = [answer_questions(self.generator, [passage], r.adapter)[0] for r in results]
-        record["questions"] = _merge_samples(samples)
-        record["accuracy"] = {
-            g: sum(q["scores"][g] for q in record["questions"]) / len(record["questions"]) for g in GRADERS
-        }
-        record["seconds"] = time.perf_counter() - started
-        return record
-
-    def _self_edits(self, writer: Generator, passage: Passage, seed: int):
-        params = dataclasses.replace(self.config.self_edit_sampling, n=self.config.self_edits_per_passage, seed=seed)
-        return write_self_edits(writer, [passage], self.fmt, params)[0]
+            if condition == "passage":
+                edits: list[list[SelfEdit]] = [[] for _ in passages]
+            else:
+                writer = self.teacher if condition == "teacher" else self.generator
+                params = dataclasses.replace(self.config.self_edit_sampling, n=self.config.self_edits_per_passage,
+                                             seed=seed)
+                edits = write_self_edits(writer, passages, self.fmt, params)
+            sequence_sets = [[training_sequences(p, [e.parsed]) for e in es] or [training_sequences(p)]
+                             for p, es in zip(passages, edits)]
+            jobs = [TrainJob(seqs, dataclasses.replace(self.config.inner_loop, seed=seed + j))
+                    for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
+            results = iter(self.updater.train(jobs))
+            per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
+            # Answer sample j of every passage in one batch, each passage with its own adapter.
+            n_samples = max(len(r) for r in per_passage)
+            answered = [answer_questions(self.generator, passages, [r[j].adapter for r in per_passage])
+                        for j in range(n_samples)]
+            samples = [[answered[j][i] for j in range(len(per_passage[i]))] for i in range(len(passages))]
+            for record, es, sets, rs in zip(records, edits, sequence_sets, per_passage):
+                record["self_edits"] = [e.as_record() for e in es]
+                record["training"] = [
+                    {"sequences": seqs, "epoch_losses": r.epoch_losses, "tokens": r.train_tokens, "seconds": r.seconds}
+                    for seqs, r in zip(sets, rs)
+                ]
+        seconds = (time.perf_counter() - started) / len(passages)
+        for record, passage_samples in zip(records, samples):
+            record["questions"] = _merge_samples(passage_samples)
+            record["accuracy"] = {
+                g: sum(q["scores"][g] for q in record["questions"]) / len(record["questions"]) for g in GRADERS
+            }
+            record["seconds"] = seconds
+        return records
 
 
 def _merge_samples(samples: list[list[dict]]) -> list[dict]:
@@ -146,15 +158,23 @@ def run_eval(config: EvalConfig, out: str | Path, show_progress: bool = True, la
     passages = load_eval_passages(config)
     run = RunDir(out, config.as_dict())
     done = {(r["passage_id"], r["condition"]) for r in run.records}
-    todo = [(p, c) for p in passages for c in config.conditions if (p.id, c) not in done]
+    groups = [passages[i : i + config.passages_per_batch] for i in range(0, len(passages), config.passages_per_batch)]
+    # A (group, condition) unit is redone whole if any of its passages is missing, so that a resumed
+    # run samples exactly what an uninterrupted one would; only the missing records are appended.
+    todo = [(g, c) for g in groups for c in config.conditions if any((p.id, c) not in done for p in g)]
     if todo:
         loaded = load_model(config.model)
         teacher = None
         if any(c == "teacher" for _, c in todo):
             teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
         evaluator = KnowledgeEvaluator(config, loaded, teacher)
-        for passage, condition in tqdm(todo, desc=label, unit="unit", disable=not show_progress):
-            run.append(evaluator.run(passage, condition))
+        with tqdm(total=sum(len(g) for g, _ in todo), desc=label, unit="passage", disable=not show_progress) as bar:
+            for group, condition in todo:
+                bar.set_postfix_str(condition)
+                for record in evaluator.run(group, condition):
+                    if (record["passage_id"], condition) not in done:
+                        run.append(record)
+                bar.update(len(group))
     summary = summarize(run.records, config, passages)
     run.write_summary(summary)
     return summary
