@@ -1,18 +1,21 @@
-"""Benchmark: one SEAL inner loop (LoRA on passage + self-edit, then answer its questions) on the
-embedded model, side by side with
+"""Benchmark: SEAL inner loops (LoRA on passage + self-edit, then answer the passage's questions)
+on the embedded model. K jobs = one passage with K different self-edits. Methods, side by side:
 
-  reference - the SEAL code's procedure: Hugging Face `Trainer`, a fresh `get_peft_model` per
-              request, every sequence padded to max_length=2048, batch size 1;
-  plain     - a plain PEFT loop with dynamic padding, all sequences in one batch;
-  seal-lm   - this project's `LoraUpdater` (paper defaults: batch size 1, no padding).
+  reference  - the SEAL code's procedure: Hugging Face `Trainer`, a fresh `get_peft_model` per
+               request, every sequence padded to max_length=2048, batch size 1 (job 0 only; it is
+               very slow on a CPU, so it runs --reference-epochs and its time per inner loop is
+               extrapolated to the full epochs: say so when quoting it);
+  plain      - a plain PEFT loop with dynamic padding, all of a job's sequences in one batch (job 0);
+  one-by-one - this project's `LoraUpdater`, the K jobs one after another (paper defaults, batch 1);
+  batched    - this project's `LoraUpdater`, all K jobs in one multi-adapter pass, answers batched too;
+  packed-job - this project's `LoraUpdater`, job 0 with all its sequences packed into one step
+               (batch size = number of sequences; the plain loop's schedule without its padding).
 
-Each method runs in its own fresh process (so its peak memory is its own) on the same job.
-The reference is very slow on a CPU, so by default it runs 1 epoch and its time per epoch is
-compared (the others run the paper's 10 epochs). FLOPs count real tokens only (padding
-excluded): forward 2*N*T, backward 2*N*T for input gradients of the frozen base (no weight
-gradients), 6*N_lora*T for the adapters, plus attention scores.
+Each method runs in its own fresh process (so its peak memory is its own) on the same jobs.
+FLOPs count real tokens only (padding excluded): forward 2*N*T, backward 2*N*T for the input
+gradients of the frozen base (no weight gradients), 6*N_lora*T for the adapters, plus attention.
 
-    python bench/inner_loop.py [--epochs 10] [--reference-epochs 1] [--device cpu] [--dtype float32]
+    python bench/inner_loop.py [--k 5] [--dtypes float32,bfloat16] [--methods ...]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import time
 
 import torch
+from peft import LoraConfig
 
 JOB_PASSAGE = 0  # demo corpus validation passage used for the job
 SELF_EDIT = [  # a fixed 5-item self-edit, so every method and every run trains on the same data
@@ -36,12 +40,18 @@ SELF_EDIT = [  # a fixed 5-item self-edit, so every method and every run trains 
 ]
 
 
-def build_job():
+def build_jobs(k: int):
+    """Job i: the passage plus a self-edit of 4 or 5 of the items, in a rotated order."""
     from seal_lm.data import load_demo_corpus
     from seal_lm.formats.knowledge import ParsedSelfEdit, training_sequences
 
     passage = load_demo_corpus("validation")[JOB_PASSAGE]
-    return passage, training_sequences(passage, [ParsedSelfEdit(tuple(SELF_EDIT), "ok")])
+    jobs = []
+    for i in range(k):
+        items = SELF_EDIT[i % 5 :] + SELF_EDIT[: i % 5]
+        items = items[: 5 - (i % 2)]
+        jobs.append(training_sequences(passage, [ParsedSelfEdit(tuple(items), "ok")]))
+    return passage, jobs
 
 
 def matmul_peak_gflops(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -75,52 +85,83 @@ def training_flops(model, lora_params: int, sequences_ids: list[list[int]], epoc
     return total * epochs
 
 
-def run_method(method: str, args: dict, queue) -> None:
-    """Runs in a fresh process: load the model, train one adapter, answer the questions."""
+def run_method(method: str, dtype: str, args: dict, queue) -> None:
+    """Runs in a fresh process: load the model, train the adapters, answer the questions."""
+    from dataclasses import replace
+
     from peft import get_peft_model
 
-    from seal_lm.adapters import Adapter
     from seal_lm.domains.knowledge import answer_questions
     from seal_lm.generation import HFGenerator
     from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
     from seal_lm.models import ModelSettings, load_model
 
     torch.set_num_threads(args["threads"])
-    loaded = load_model(ModelSettings(device=args["device"], dtype=args["dtype"]))
-    passage, sequences = build_job()
+    loaded = load_model(ModelSettings(device=args["device"], dtype=dtype))
+    passage, jobs = build_jobs(args["k"])
+    if method in ("reference", "plain", "packed-job"):
+        jobs = jobs[:1]
     epochs = args["reference_epochs"] if method == "reference" else args["epochs"]
     settings = InnerLoopSettings(epochs=epochs)
     updater = LoraUpdater(loaded, settings)
-    ids = updater.tokenize(sequences, settings.max_length)
+    ids = [updater.tokenize(seqs, settings.max_length) for seqs in jobs]
     if args["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     _sync(args["device"])
     started = time.perf_counter()
-    if method == "seal-lm":
-        result, = updater.train([TrainJob(sequences)])
-        adapter, final_loss = result.adapter, result.epoch_losses[-1]
+    if method == "batched":
+        results = updater.train([TrainJob(seqs) for seqs in jobs])
+    elif method == "one-by-one":
+        results = [updater.train([TrainJob(seqs)])[0] for seqs in jobs]
+    elif method == "packed-job":
+        results = updater.train([TrainJob(jobs[0], replace(settings, batch_size=len(jobs[0])))])
     else:
+        results = None
         torch.manual_seed(0)
-        model = get_peft_model(loaded.model, settings.lora_config())
+        model = get_peft_model(loaded.model, LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0,
+                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
         train = _train_reference if method == "reference" else _train_plain
-        final_loss = train(model, loaded.tokenizer, ids, settings)
-        adapter = Adapter.from_peft_model(model)
+        final_loss = train(model, loaded.tokenizer, ids[0], settings)
+        adapter = _adapter_from_peft(model, settings)
         model.unload()
     _sync(args["device"])
     seconds = time.perf_counter() - started
-    lora_params = sum(w.numel() for w in adapter.weights.values())
-    flops = training_flops(loaded.model, lora_params, ids, epochs)
+    if results is not None:
+        adapters = [r.adapter for r in results]
+        final_loss = sum(r.epoch_losses[-1] for r in results) / len(results)
+    else:
+        adapters = [adapter]
+    lora_params = sum(a.numel() + b.numel() for a, b in adapters[0].weights.values())
+    flops = sum(training_flops(loaded.model, lora_params, x, epochs) for x in ids)
     started = time.perf_counter()
-    graded = answer_questions(HFGenerator(loaded), [passage], adapter)[0]
+    generator = HFGenerator(loaded)
+    if method == "one-by-one":
+        graded = [answer_questions(generator, [passage], [a])[0] for a in adapters]
+    else:
+        graded = answer_questions(generator, [passage] * len(adapters), adapters)
     answer_seconds = time.perf_counter() - started
     peak = (torch.cuda.max_memory_allocated() / 2**20 if args["device"].startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put({
-        "method": method, "epochs": epochs, "seconds": seconds, "final_loss": final_loss,
-        "real_tokens": sum(map(len, ids)) * epochs, "padded_tokens": _padded_tokens(method, ids) * epochs,
+        "method": method, "dtype": dtype, "jobs": len(jobs), "epochs": epochs, "seconds": seconds,
+        "final_loss": final_loss, "real_tokens": sum(sum(map(len, x)) for x in ids) * epochs,
+        "padded_tokens": sum(_padded_tokens(method, x) for x in ids) * epochs,
         "gflop": flops / 1e9, "answer_seconds": answer_seconds,
-        "correct": sum(q["scores"]["contains"] for q in graded), "questions": len(graded), "peak_mib": peak,
+        "correct": sum(q["scores"]["contains"] for g in graded for q in g),
+        "questions": sum(len(g) for g in graded), "peak_mib": peak,
     })
+
+
+def _adapter_from_peft(model, settings):
+    """Read a PEFT model's LoRA weights into this project's Adapter, to answer with the same code."""
+    from seal_lm.adapters import Adapter
+
+    weights = {}
+    for name, module in model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            weights[name] = (module.lora_A["default"].weight.detach().cpu().clone(),
+                             module.lora_B["default"].weight.detach().cpu().clone())
+    return Adapter(settings.rank, settings.alpha, weights)
 
 
 def _padded_tokens(method: str, ids: list[list[int]]) -> int:
@@ -128,7 +169,7 @@ def _padded_tokens(method: str, ids: list[list[int]]) -> int:
         return 2048 * len(ids)
     if method == "plain":
         return max(map(len, ids)) * len(ids)
-    return sum(map(len, ids))
+    return sum(map(len, ids))  # batch size 1 or packed rows: no padding (rows of a step may pad a little)
 
 
 def _train_plain(model, tokenizer, ids, settings) -> float:
@@ -173,50 +214,58 @@ def _train_reference(model, tokenizer, ids, settings) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, default=5, help="self-edits (inner-loop jobs) of the passage")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--reference-epochs", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--methods", default="reference,plain,seal-lm")
+    parser.add_argument("--methods", default="reference,plain,one-by-one,batched,packed-job")
     parser.add_argument("--json", help="also write the results to this file")
     args = vars(parser.parse_args())
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args["dtype"]]
     torch.set_num_threads(args["threads"])
-    peak = matmul_peak_gflops(args["device"], dtype)
-    print(f"device {args['device']}, {args['dtype']}, {args['threads']} threads; "
-          f"torch.matmul peak (2048^3): {peak:.0f} GFLOP/s", flush=True)
+    dtypes = args["dtypes"].split(",")
+    peaks = {d: matmul_peak_gflops(args["device"], getattr(torch, d)) for d in dtypes}
+    print(f"device {args['device']}, {args['threads']} threads, K={args['k']} jobs; torch.matmul peak (2048^3): "
+          + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
     ctx = mp.get_context("spawn")
     results = []
-    for method in args["methods"].split(","):
-        queue = ctx.Queue()
-        process = ctx.Process(target=run_method, args=(method, args, queue))
-        process.start()
-        results.append(queue.get())
-        process.join()
-        print(f"  {method}: {results[-1]['seconds']:.1f} s", flush=True)
-    by_name = {r["method"]: r for r in results}
-    header = (f"{'method':<10}{'epochs':>7}{'train s':>9}{'s/epoch':>9}{'real tok/s':>11}{'pad %':>7}"
-              f"{'GFLOP/s':>9}{'% peak':>8}{'loss':>7}{'answer s':>9}{'correct':>9}{'peak MiB':>10}")
-    print(header)
+    for dtype in dtypes:
+        for method in args["methods"].split(","):
+            if dtype != "float32" and method in ("reference", "plain"):
+                continue  # the baselines are float32 procedures
+            queue = ctx.Queue()
+            process = ctx.Process(target=run_method, args=(method, dtype, args, queue))
+            process.start()
+            results.append(queue.get())
+            process.join()
+            print(f"  {method} {dtype}: {results[-1]['seconds']:.1f} s", flush=True)
+    print(f"{'method':<11}{'dtype':<9}{'jobs':>4}{'ep':>4}{'train s':>9}{'s/loop':>8}{'loops/h':>9}{'tok/s':>7}"
+          f"{'pad%':>5}{'GFLOP/s':>8}{'%peak':>6}{'loss':>7}{'ans s':>7}{'correct':>9}{'MiB':>7}")
+    per_loop = {}
     for r in results:
-        per_epoch = r["seconds"] / r["epochs"]
+        loop_seconds = r["seconds"] / r["jobs"] * (args["epochs"] / r["epochs"])  # reference: extrapolated
+        per_loop[(r["method"], r["dtype"])] = loop_seconds
         gflops = r["gflop"] / r["seconds"]
         pad = 100 * (1 - r["real_tokens"] / r["padded_tokens"])
-        print(f"{r['method']:<10}{r['epochs']:>7}{r['seconds']:>9.1f}{per_epoch:>9.2f}{r['real_tokens'] / r['seconds']:>11.0f}"
-              f"{pad:>7.0f}{gflops:>9.1f}{100 * gflops / peak:>8.1f}{r['final_loss']:>7.3f}{r['answer_seconds']:>9.1f}"
-              f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>10.0f}")
-    ours = by_name.get("seal-lm")
-    if ours:
-        for other in ("reference", "plain"):
-            if other in by_name:
-                ratio = (by_name[other]["seconds"] / by_name[other]["epochs"]) / (ours["seconds"] / ours["epochs"])
-                print(f"speed-up of seal-lm over {other} (time per epoch): {ratio:.2f}x")
-    print("note: 'correct' is the contains-grader on the passage's questions (n is tiny; see seal eval for "
-          "accuracies with intervals); the reference trains fewer epochs, so its loss and answers are not comparable.")
+        print(f"{r['method']:<11}{r['dtype']:<9}{r['jobs']:>4}{r['epochs']:>4}{r['seconds']:>9.1f}{loop_seconds:>8.1f}"
+              f"{3600 / loop_seconds:>9.0f}{r['real_tokens'] / r['seconds']:>7.0f}{pad:>5.0f}{gflops:>8.1f}"
+              f"{100 * gflops / peaks[r['dtype']]:>6.1f}{r['final_loss']:>7.3f}{r['answer_seconds']:>7.1f}"
+              f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>7.0f}")
+    print("ratios (time per inner loop, training only):")
+    for dtype in dtypes:
+        for method in ("reference", "plain", "one-by-one", "packed-job"):
+            other = per_loop.get((method, "float32" if method in ("reference", "plain") else dtype))
+            if other and ("batched", dtype) in per_loop:
+                print(f"  batched {dtype} vs {method}: {other / per_loop[('batched', dtype)]:.2f}x faster")
+        if dtype != "float32" and ("batched", "float32") in per_loop and ("batched", dtype) in per_loop:
+            print(f"  batched {dtype} vs batched float32: "
+                  f"{per_loop[('batched', 'float32')] / per_loop[('batched', dtype)]:.2f}x faster")
+    print("'correct' is the contains grader over all jobs' answers (tiny n; `seal eval` reports accuracies with "
+          "intervals). The reference trains fewer epochs: its loss and answers are not comparable.")
     if args["json"]:
         with open(args["json"], "w") as f:
-            json.dump({"matmul_peak_gflops": peak, "args": args, "results": results}, f, indent=2)
+            json.dump({"matmul_peak_gflops": peaks, "args": args, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from peft import PeftModel
 
 from seal_lm.adapters import save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
-from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, StackedAdamW, TrainJob, pack_sequences
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
 
 SEQUENCES = ["Orlan Vesk\nOrlan Vesk built the Marrowgate Observatory in 1902.",
              "Orlan Vesk\nThe observatory mirrors were copper.",
@@ -77,24 +77,6 @@ def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
             labels = packed.labels[where[:, 0], where[:, 1]]
             assert labels.tolist() == seq[1:] + [-100]
     assert ((packed.owners == -1) == (packed.labels == -100) & (packed.owners == -1)).all()
-
-
-def test_stacked_adamw_matches_torch_adamw():
-    torch.manual_seed(0)
-    ours = torch.nn.Parameter(torch.randn(3, 4, 5))
-    reference = [torch.nn.Parameter(ours[k].detach().clone()) for k in range(3)]
-    optimizer = StackedAdamW([ours], n_adapters=3)
-    torch_opts = [torch.optim.AdamW([p], lr=0.01, weight_decay=0.0) for p in reference]
-    for step in range(4):
-        grads = torch.randn(3, 4, 5)
-        active = [0, 1, 2] if step < 2 else [0, 2]  # adapter 1 has finished its job
-        ours.grad = grads.clone()
-        optimizer.step(active, [0.01, 0.01, 0.01])
-        for k in active:
-            reference[k].grad = grads[k].clone()
-            torch_opts[k].step()
-    for k in range(3):
-        assert torch.allclose(ours[k], reference[k], atol=1e-6)
 
 
 def test_adapters_never_leak_into_the_base_model(tiny):

@@ -68,7 +68,7 @@ class LoraUpdater:
     """
 
     def __init__(self, loaded: LoadedModel, settings: InnerLoopSettings | None = None,
-                 max_adapters: int = 16, max_row_tokens: int = 1024):
+                 max_adapters: int = 16, max_row_tokens: int = 2048):
         self.loaded = loaded
         self.settings = settings or InnerLoopSettings()
         self.max_adapters = max_adapters
@@ -113,7 +113,9 @@ class LoraUpdater:
         with injected(model, len(jobs), shape.rank, shape.alpha, shape.target_modules, shape.dropout) as lora:
             for k, s in enumerate(settings):
                 lora.init_adapter(k, s.seed)
-            optimizer = StackedAdamW(list(lora.parameters()), n_adapters=len(jobs))
+            # One parameter group per adapter: its own learning rate, and it skips steps it has no batch for.
+            groups = [{"params": lora.adapter_parameters(k), "lr": s.learning_rate} for k, s in enumerate(settings)]
+            optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=_fused_supported(model))
             step_losses: list[list[float]] = [[] for _ in jobs]
             model.train()
             try:
@@ -122,9 +124,13 @@ class LoraUpdater:
                     batch = [(k, seq) for k in active for seq in schedules[k][step]]
                     for k, loss in self._accumulate_gradients(lora, batch, len(jobs)).items():
                         step_losses[k].append(loss)
-                    lrs = [s.learning_rate * (1 - step / len(schedules[k])) if step < len(schedules[k]) else 0.0
-                           for k, s in enumerate(settings)]  # linear decay to zero, as the HF Trainer SEAL used
-                    optimizer.step(active, lrs)
+                    # Adapters without a batch this step have no gradient, so AdamW leaves them and their
+                    # state alone. Learning rates decay linearly to zero without warm-up, per job, as in
+                    # the Hugging Face Trainer that SEAL used.
+                    for k in active:
+                        optimizer.param_groups[k]["lr"] = settings[k].learning_rate * (1 - step / len(schedules[k]))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             finally:
                 model.eval()
                 lora.route(None)
@@ -142,7 +148,7 @@ class LoraUpdater:
         """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
         device = self.loaded.device
         packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id, device)
-        lora.route(TokenRouting.from_token_adapters(packed.owners, n_adapters))
+        lora.route(TokenRouting.from_token_adapters(packed.owners))
         logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(), ignore_index=-100,
                                      reduction="none")
@@ -169,15 +175,14 @@ class PackedBatch:
 
 def pack_sequences(sequences: list[tuple[int, list[int]]], max_row_tokens: int, pad_id: int,
                    device: torch.device | str = "cpu") -> PackedBatch:
-    """Pack (adapter, token ids) pairs into rows of at most `max_row_tokens` (first fit, longest first)."""
+    """Pack (adapter, token ids) pairs into rows of at most `max_row_tokens`, in adapter order, so
+    that each adapter's tokens form one contiguous run (two runs where it crosses into a new row)."""
     rows: list[list[tuple[int, list[int]]]] = []
     used: list[int] = []
-    for item in sorted(sequences, key=lambda kv: -len(kv[1])):
-        for r in range(len(rows)):
-            if used[r] + len(item[1]) <= max_row_tokens:
-                rows[r].append(item)
-                used[r] += len(item[1])
-                break
+    for item in sorted(sequences, key=lambda kv: kv[0]):  # stable: keeps each job's batch order
+        if rows and used[-1] + len(item[1]) <= max_row_tokens:
+            rows[-1].append(item)
+            used[-1] += len(item[1])
         else:
             rows.append([item])
             used.append(len(item[1]))
@@ -193,6 +198,10 @@ def pack_sequences(sequences: list[tuple[int, list[int]]], max_row_tokens: int, 
     return PackedBatch(**{name: torch.tensor(value, device=device) for name, value in columns.items()})
 
 
+def _fused_supported(model: torch.nn.Module) -> bool:
+    return next(model.parameters()).device.type in ("cpu", "cuda")
+
+
 def _batch_schedule(examples: list[list[int]], settings: InnerLoopSettings) -> list[list[list[int]]]:
     """The job's batches for all epochs, in its own seeded order (independent of other jobs)."""
     generator = torch.Generator().manual_seed(settings.seed)
@@ -202,42 +211,3 @@ def _batch_schedule(examples: list[list[int]], settings: InnerLoopSettings) -> l
         for start in range(0, len(order), settings.batch_size):
             schedule.append([examples[i] for i in order[start : start + settings.batch_size]])
     return schedule
-
-
-class StackedAdamW:
-    """AdamW over stacked adapter weights ([K, ...] tensors) with a step count and learning rate per
-    adapter, updating only the adapters that took part in the step (torch's AdamW cannot skip
-    slices of a tensor, and a job that ran out of batches must stay as it is)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], n_adapters: int,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        self.params = params
-        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
-        self.exp_avg = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self.steps = torch.zeros(n_adapters)
-
-    @torch.no_grad()
-    def step(self, active: list[int], lrs: list[float]) -> None:
-        beta1, beta2 = self.betas
-        idx = torch.tensor(active)
-        self.steps[idx] += 1
-        t = self.steps[idx]
-        lr = torch.tensor([lrs[k] for k in active])
-        step_size = (lr / (1 - beta1**t))
-        bias2_sqrt = torch.sqrt(1 - beta2**t)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
-            shape = (len(active),) + (1,) * (p.dim() - 1)
-            g = p.grad[idx]
-            m_k = m[idx].mul_(beta1).add_(g, alpha=1 - beta1)
-            v_k = v[idx].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            m[idx], v[idx] = m_k, v_k
-            denom = (v_k.sqrt() / bias2_sqrt.view(shape).to(p.device)).add_(self.eps)
-            update = m_k / denom * step_size.view(shape).to(p.device)
-            p_k = p.data[idx]
-            if self.weight_decay:
-                p_k.mul_(1 - lr.view(shape).to(p.device) * self.weight_decay)
-            p.data[idx] = p_k - update
-            p.grad = None

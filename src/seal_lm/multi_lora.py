@@ -3,13 +3,14 @@
 PEFT applies one adapter at a time (its mixed-adapter batches are inference-only), but SEAL
 trains K independent adapters (one per candidate self-edit) on the same base model. Here every
 targeted `nn.Linear` is wrapped so that one forward/backward pass serves all K adapters: the
-base matmul is shared, and the low-rank path runs as two batched matmuls over stacked weights
-`A: [K, r, in]`, `B: [K, out, r]`. Adapters are independent parameters slices, so gradients and
-(elementwise) Adam updates of one adapter never touch another.
+base matmul is shared, and the low-rank path runs per run of same-adapter tokens (training) or
+as batched matmuls over the stacked weights (generation), with
+`A_k: [r, in]`, `B_k: [out, r]` (per-adapter parameters). Adapters are independent parameters,
+so the gradients and optimizer state of one never touch another.
 
 Routing says which adapter each token uses:
 - `RowRouting(ids)`: one adapter per batch row (generation, evaluation); -1 means none;
-- `TokenRouting(...)`: per token, for packed rows that mix adapters (training).
+- `TokenRouting(...)`: runs of tokens, for packed rows that mix adapters (training).
 """
 
 from __future__ import annotations
@@ -29,23 +30,26 @@ class RowRouting:
 
 @dataclass
 class TokenRouting:
-    """Tokens of adapter k are `flat_tokens[gather[k, :counts[k]]]`; padded slots are masked out."""
+    """Runs of consecutive tokens (in the flattened batch * seq order) that share an adapter.
 
-    gather: torch.Tensor  # [K, C] long indices into the flattened (batch * seq) tokens
-    valid: torch.Tensor  # [K, C, 1] float, 1 for real slots
+    Packing puts each adapter's sequences next to each other, so a handful of runs cover a step;
+    each run is two plain matmuls on its piece (no gather, no padding to the longest adapter)."""
+
+    piece_sizes: list[int]  # consecutive pieces covering all tokens
+    piece_adapters: list[int]  # adapter of each piece; -1: none (padding)
 
     @classmethod
-    def from_token_adapters(cls, token_adapters: torch.Tensor, n_adapters: int) -> TokenRouting:
+    def from_token_adapters(cls, token_adapters: torch.Tensor) -> TokenRouting:
         """Build from a [batch, seq] tensor of adapter ids (-1: no adapter, e.g. padding)."""
-        flat = token_adapters.reshape(-1)
-        positions = [torch.nonzero(flat == k).squeeze(1) for k in range(n_adapters)]
-        width = max(1, max(len(p) for p in positions))
-        gather = torch.zeros(n_adapters, width, dtype=torch.long, device=flat.device)
-        valid = torch.zeros(n_adapters, width, 1, device=flat.device)
-        for k, p in enumerate(positions):
-            gather[k, : len(p)] = p
-            valid[k, : len(p)] = 1.0
-        return cls(gather, valid)
+        sizes: list[int] = []
+        adapters: list[int] = []
+        for k in token_adapters.reshape(-1).tolist():
+            if adapters and adapters[-1] == k:
+                sizes[-1] += 1
+            else:
+                sizes.append(1)
+                adapters.append(k)
+        return cls(sizes, adapters)
 
 
 class MultiLoraLinear(nn.Module):
@@ -56,30 +60,46 @@ class MultiLoraLinear(nn.Module):
         self.base = base
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        # Adapter weights stay float32 whatever the base dtype: small updates must not round away.
-        self.lora_A = nn.Parameter(torch.zeros(n_adapters, rank, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(n_adapters, base.out_features, rank, device=base.weight.device))
+        device = base.weight.device
+        # One leaf tensor per adapter (its gradient and optimizer state are its own), float32 whatever
+        # the base dtype: small updates must not round away.
+        self.lora_A = nn.ParameterList(
+            [nn.Parameter(torch.zeros(rank, base.in_features, device=device)) for _ in range(n_adapters)])
+        self.lora_B = nn.ParameterList(
+            [nn.Parameter(torch.zeros(base.out_features, rank, device=device)) for _ in range(n_adapters)])
         self.routing: RowRouting | TokenRouting | None = None
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_routing(self, routing: RowRouting | TokenRouting | None) -> None:
+        self.routing = routing
+        # Row routing is for inference: stack the (then fixed) weights once, not at every decoding step.
+        self._stacked = None
+        if isinstance(routing, RowRouting):
+            with torch.no_grad():
+                self._stacked = (torch.stack(list(self.lora_A)), torch.stack(list(self.lora_B)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         routing = self.routing
         if routing is None:
             return out
-        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
         x = self.dropout(x)
         if isinstance(routing, RowRouting):
+            a, b = (w.to(x.dtype) for w in self._stacked)
             wanted = routing.adapter_ids.expand(x.shape[0])
             ids = wanted.clamp(min=0)
             delta = torch.bmm(torch.bmm(x, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
             keep = (wanted >= 0).to(x.dtype)[:, None, None]
             return out + delta * (self.scaling * keep)
-        flat = x.reshape(-1, x.shape[-1])
-        xs = flat[routing.gather]  # [K, C, in]
-        delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * routing.valid.to(x.dtype)
-        flat_delta = torch.zeros(flat.shape[0], out.shape[-1], dtype=out.dtype, device=out.device)
-        flat_delta = flat_delta.index_add(0, routing.gather.reshape(-1), delta.reshape(-1, out.shape[-1]))
-        return out + self.scaling * flat_delta.view_as(out)
+        # split (not slicing): its backward is one concatenation instead of a zero-filled copy per run
+        pieces = torch.split(x.reshape(-1, x.shape[-1]), routing.piece_sizes)
+        parts = []
+        for piece, k in zip(pieces, routing.piece_adapters):
+            if k < 0:  # tokens without an adapter
+                parts.append(out.new_zeros(piece.shape[0], out.shape[-1]))
+            else:
+                parts.append((piece @ self.lora_A[k].to(x.dtype).T) @ self.lora_B[k].to(x.dtype).T)
+        return torch.add(out, torch.cat(parts).view_as(out), alpha=self.scaling)
 
 
 def target_linears(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
@@ -109,10 +129,8 @@ class MultiLora:
             _set_submodule(model, name, wrapper)
             self.layers[name] = wrapper
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        for layer in self.layers.values():
-            yield layer.lora_A
-            yield layer.lora_B
+    def adapter_parameters(self, k: int) -> list[nn.Parameter]:
+        return [w for layer in self.layers.values() for w in (layer.lora_A[k], layer.lora_B[k])]
 
     def init_adapter(self, k: int, seed: int) -> None:
         """PEFT's default LoRA init (A ~ U(+-1/sqrt(in)), B = 0), drawn from the adapter's own seed."""
@@ -120,7 +138,7 @@ class MultiLora:
         with torch.no_grad():
             for layer in self.layers.values():
                 bound = 1.0 / layer.base.in_features**0.5
-                values = torch.rand(layer.lora_A.shape[1:], generator=generator) * 2 * bound - bound
+                values = torch.rand(layer.lora_A[k].shape, generator=generator) * 2 * bound - bound
                 layer.lora_A[k].copy_(values)
                 layer.lora_B[k].zero_()
 
@@ -137,7 +155,7 @@ class MultiLora:
 
     def route(self, routing: RowRouting | TokenRouting | None) -> None:
         for layer in self.layers.values():
-            layer.routing = routing
+            layer.set_routing(routing)
 
     def remove(self) -> None:
         for name, layer in self.layers.items():
