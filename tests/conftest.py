@@ -58,7 +58,7 @@ def tiny_base_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir) -> LoadedModel:
-    return load_model(ModelSettings(name=str(tiny_model_dir), device="cpu"))
+    return load_model(ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="session")

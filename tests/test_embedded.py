@@ -78,3 +78,28 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["conditions"]) == {"base", "passage", "self-edit"}
     assert all(row["questions"] == 5 for row in summary["conditions"].values())
+
+
+def test_bfloat16_training_agrees_with_float32_within_seed_noise():
+    """bf16 base weights, float32 adapters, optimizer state and loss: the loss curve and the rewards
+    match float32 as closely as two float32 runs with different seeds match each other."""
+    from dataclasses import replace
+
+    from seal_lm.models import ModelSettings
+
+    passages = load_demo_corpus("validation")[1:3]
+    jobs = [TrainJob(training_sequences(p)) for p in passages]
+    runs = {}
+    for dtype, seed in [("float32", 0), ("float32", 1), ("bfloat16", 0)]:
+        loaded = load_model(ModelSettings(dtype=dtype, device="cpu"))
+        results = LoraUpdater(loaded, replace(InnerLoopSettings(), seed=seed)).train(
+            [TrainJob(j.sequences, replace(InnerLoopSettings(), seed=seed)) for j in jobs])
+        graded = answer_questions(HFGenerator(loaded), passages, [r.adapter for r in results])
+        runs[(dtype, seed)] = ([r.epoch_losses for r in results], sum(q["scores"]["f1"] for g in graded for q in g))
+    fp32, fp32_other, bf16 = runs[("float32", 0)], runs[("float32", 1)], runs[("bfloat16", 0)]
+    for curve, other_curve, bf16_curve in zip(fp32[0], fp32_other[0], bf16[0]):
+        noise = max(abs(a - b) for a, b in zip(curve, other_curve))
+        assert max(abs(a - b) for a, b in zip(curve, bf16_curve)) <= max(2 * noise, 0.1)
+        assert bf16_curve[-1] < 0.3 * bf16_curve[0]  # it learns
+    reward_noise = abs(fp32[1] - fp32_other[1])
+    assert abs(fp32[1] - bf16[1]) <= max(2 * reward_noise, 1.0), (fp32[1], fp32_other[1], bf16[1])

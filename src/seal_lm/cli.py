@@ -23,7 +23,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=EMBEDDED_MODEL,
                        help="Hugging Face id, local directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="auto: bfloat16 on a CUDA GPU that supports it, float32 otherwise")
+                       help="auto: bfloat16 where the hardware computes it natively (recent GPUs, CPUs with AVX-512 BF16 "
+                            "or AMX; float32 adapters, optimizer and loss), float32 otherwise")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
 
