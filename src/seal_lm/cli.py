@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # hub retries end in our one-line error
     try:
         return _run_eval(args)
     except SealError as exc:
