@@ -15,7 +15,7 @@ def eval_table(summary: dict[str, Any], title: str = "Closed-book accuracy") -> 
     table = Table(title=f"{title} ({summary['model']}, grader: {grader})")
     for name, justify in [("condition", "left"), ("accuracy [95% CI]", "right"), ("passages", "right"),
                           ("questions", "right"), ("s / passage", "right")]:
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=True)
     for row in summary["conditions"].values():
         estimate = Estimate(**row["accuracy"][grader])
         table.add_row(row["label"], str(estimate), str(row["passages"]), str(row["questions"]),
