@@ -5,8 +5,8 @@ For each passage and condition, closed-book accuracy on its questions:
   passage    - after a LoRA update on the passage alone;
   self-edit  - after a LoRA update on the passage plus the model's own self-edit(s);
   teacher    - after a LoRA update on the passage plus self-edits written by another model.
-Every (passage, condition) is one JSON line in the run directory, written as it finishes; rerunning
-with the same --out resumes and skips what is done.
+Every (passage, condition) is one JSON line in the run directory, appended as soon as its group of
+passages finishes; rerunning with the same --out resumes and skips what is done.
 """
 
 from __future__ import annotations
