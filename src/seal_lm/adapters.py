@@ -52,9 +52,9 @@ def applied(model: PreTrainedModel, adapters: Sequence[Adapter]) -> Iterator[Mul
         raise ValueError("adapters applied together must share rank, alpha and target modules")
     targets = [name.rsplit(".", 1)[-1] for name in first.weights]
     with injected(model, len(adapters), first.rank, first.alpha, sorted(set(targets))) as lora:
-        missing = set(lora.layers) ^ set(first.weights)
-        if missing:
-            raise ValueError(f"adapter does not fit this model (modules: {sorted(missing)[:3]} ...)")
+        mismatched = set(lora.layers) ^ set(first.weights)
+        if mismatched:
+            raise ValueError(f"adapter does not fit this model (modules: {sorted(mismatched)[:3]} ...)")
         for k, adapter in enumerate(adapters):
             lora.load_adapter(k, adapter.weights)
         yield lora

@@ -153,12 +153,11 @@ class LoraUpdater:
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(), ignore_index=-100,
                                      reduction="none")
         owners = packed.owners.flatten()
-        predicted = torch.zeros(n_adapters, device=device).index_add(
-            0, owners.clamp(min=0), (packed.labels.flatten() != -100).float())
-        weight = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[owners.clamp(min=0)], 0.0)
-        weighted = token_loss * weight
+        slots = owners.clamp(min=0)  # row padding has no label, so its slot never counts
+        predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (packed.labels.flatten() != -100).float())
+        weighted = token_loss * torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
         weighted.sum().backward()
-        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, owners.clamp(min=0), weighted.detach())
+        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, weighted.detach())
         return {k: per_adapter[k].item() for k, _ in batch}
 
 

@@ -3,10 +3,10 @@
 PEFT applies one adapter at a time (its mixed-adapter batches are inference-only), but SEAL
 trains K independent adapters (one per candidate self-edit) on the same base model. Here every
 targeted `nn.Linear` is wrapped so that one forward/backward pass serves all K adapters: the
-base matmul is shared, and the low-rank path runs per run of same-adapter tokens (training) or
-as batched matmuls over the stacked weights (generation), with
-`A_k: [r, in]`, `B_k: [out, r]` (per-adapter parameters). Adapters are independent parameters,
-so the gradients and optimizer state of one never touch another.
+base matmul is shared, and the low-rank path (`A_k: [r, in]`, `B_k: [out, r]`) runs per run of
+same-adapter tokens (training) or as batched matmuls over the stacked weights (generation).
+Each adapter has its own parameters, so the gradients and optimizer state of one never touch
+another.
 
 Routing says which adapter each token uses:
 - `RowRouting(ids)`: one adapter per batch row (generation, evaluation); -1 means none;
@@ -72,11 +72,13 @@ class MultiLoraLinear(nn.Module):
 
     def set_routing(self, routing: RowRouting | TokenRouting | None) -> None:
         self.routing = routing
-        # Row routing is for inference: stack the (then fixed) weights once, not at every decoding step.
+        # Row routing is for inference: stack and cast the (then fixed) weights once, not at every
+        # decoding step.
         self._stacked = None
         if isinstance(routing, RowRouting):
+            dtype = self.base.weight.dtype
             with torch.no_grad():
-                self._stacked = (torch.stack(list(self.lora_A)), torch.stack(list(self.lora_B)))
+                self._stacked = (torch.stack(list(self.lora_A)).to(dtype), torch.stack(list(self.lora_B)).to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -85,7 +87,7 @@ class MultiLoraLinear(nn.Module):
             return out
         x = self.dropout(x)
         if isinstance(routing, RowRouting):
-            a, b = (w.to(x.dtype) for w in self._stacked)
+            a, b = self._stacked
             wanted = routing.adapter_ids.expand(x.shape[0])
             ids = wanted.clamp(min=0)
             delta = torch.bmm(torch.bmm(x, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
@@ -122,7 +124,6 @@ class MultiLora:
     def __init__(self, model: nn.Module, n_adapters: int, rank: int, alpha: float,
                  targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
         self.model = model
-        self.n_adapters = n_adapters
         self.layers: dict[str, MultiLoraLinear] = {}
         for name, linear in target_linears(model, targets):
             wrapper = MultiLoraLinear(linear, n_adapters, rank, alpha, dropout)
