@@ -108,7 +108,7 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
     epochs = args["reference_epochs"] if method == "reference" else args["epochs"]
     settings = InnerLoopSettings(epochs=epochs)
     updater = LoraUpdater(loaded, settings)
-    ids = [updater.tokenize(seqs, settings.max_length) for seqs in jobs]
+    ids = [[t.ids for t in updater.tokenize(seqs, settings.max_length)] for seqs in jobs]
     if args["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     _sync(args["device"])

@@ -88,3 +88,68 @@ def test_help_explains_commands(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "--teacher" in text and "--grader" in text and "default" in text
+
+
+TRAIN = ["train", "--rounds", "2", "--passages-per-round", "2", "--samples", "2", "--reward-repeats", "1",
+         "--limit", "1", "--grader", "f1", *FAST]
+
+
+def _stable(summary):
+    """A summary without its wall times."""
+    for row in summary["conditions"].values():
+        row.pop("seconds_per_passage")
+    for row in summary.get("rounds", []):
+        row.pop("seconds")
+    return summary
+
+
+def test_train_runs_all_rounds_and_prints_the_table(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main([*TRAIN, "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("base model", "train on passage", "passage + self-edit", "SEAL round 1", "SEAL round 2"):
+        assert label in printed
+    records = _lines(out)
+    assert [r["kind"] for r in records].count("rollout") == 4 and [r["kind"] for r in records].count("sft") == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["rest_em"]["samples_per_context"] == 2 and config["rest_em"]["policy_update"]["rank"] == 64
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_train_killed_at_any_moment_resumes_to_the_same_summary(tiny_model_dir, tmp_path):
+    """SIGKILL a real `seal train` process mid-run, resume it, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = [*TRAIN, "--model", str(tiny_model_dir)]
+    assert main([*args, "--out", str(full)]) == 0
+    for at_least in (3, 6):  # killed during the first evaluation, then again during the rollouts
+        proc = subprocess.Popen([sys.executable, "-m", "seal_lm.cli", *args, "--out", str(killed)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results = killed / "results.jsonl"
+        while proc.poll() is None and (not results.exists() or len(results.read_bytes().splitlines()) < at_least):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert _stable(json.loads((killed / "summary.json").read_text())) == \
+        _stable(json.loads((full / "summary.json").read_text()))
+    keys = [(r["kind"], r["round"], r.get("passage_id") or r.get("context_id"), r.get("condition")) for r in _lines(killed)]
+    assert len(keys) == len(set(keys)) == len(_lines(full))  # nothing done twice, nothing missing
+
+
+def test_eval_resume_reads_the_saved_config(tiny_model_dir, passages_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval(tiny_model_dir, passages_file, out, "--limit", "1") == 0
+    (out / "summary.json").unlink()
+    assert main(["eval", "--resume", str(out), "--no-progress"]) == 0
+    assert len(_lines(out)) == 3 and (out / "summary.json").is_file()
+    assert main(["eval", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
     assert packed.input_ids.shape[0] >= 2  # more than one row, so row padding is exercised too
     with torch.no_grad():
         logits = tiny.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
-        for k, seq in enumerate(ids):
+        for k, seq in enumerate(t.ids for t in ids):
             alone = tiny.model(input_ids=torch.tensor([seq])).logits[0]
             where = (packed.owners == k).nonzero()
             got = logits[where[:, 0], where[:, 1]]

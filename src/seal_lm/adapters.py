@@ -68,6 +68,17 @@ def using(model: PreTrainedModel, adapter: Adapter) -> Iterator[PreTrainedModel]
         yield model
 
 
+def merge_adapter(model: PreTrainedModel, adapter: Adapter) -> None:
+    """Add the adapter's update `alpha / rank * B @ A` into the model's weights, in place (the sum is
+    formed in float32, then stored in the weight's dtype)."""
+    scaling = adapter.alpha / adapter.rank
+    with torch.no_grad():
+        for name, (a, b) in adapter.weights.items():
+            weight = model.get_submodule(name).weight
+            delta = scaling * (b.float() @ a.float())
+            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+
+
 def save_adapter(model: PreTrainedModel, adapter: Adapter, directory: str | Path) -> Path:
     """Write the adapter in the standard PEFT format (adapter_config.json + adapter_model.safetensors)."""
     peft_model = get_peft_model(model, adapter.peft_config())

@@ -9,65 +9,128 @@ import sys
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import DEFAULT_FORMAT, FORMATS
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings
-from seal_lm.models import EMBEDDED_MODEL, ModelSettings
+from seal_lm.models import ModelSettings
+
+if TYPE_CHECKING:
+    from seal_lm.recipes.knowledge_eval import EvalConfig
+    from seal_lm.recipes.knowledge_train import TrainConfig
 
 DEMO_PASSAGES = 6
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, d: ModelSettings) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=EMBEDDED_MODEL,
+    group.add_argument("--model", default=d.name,
                        help="Hugging Face id, local directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    group.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                        help="auto: bfloat16 where the hardware computes it natively (recent GPUs, CPUs with AVX-512 BF16 "
                             "or AMX; float32 adapters, optimizer and loss), float32 otherwise")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
 
 
-def _add_inner_loop_args(parser: argparse.ArgumentParser) -> None:
-    d = InnerLoopSettings()
+def _add_inner_loop_args(parser: argparse.ArgumentParser, d: InnerLoopSettings) -> None:
     group = parser.add_argument_group("inner loop (LoRA update; defaults are the paper's)")
     group.add_argument("--lora-rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
     group.add_argument("--lora-alpha", type=int, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
     group.add_argument("--lr", type=float, default=d.learning_rate, help=f"learning rate (default {d.learning_rate})")
     group.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs over the sequences (default {d.epochs})")
     group.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default {d.batch_size})")
-    group.add_argument("--target-modules", default="all-linear",
+    group.add_argument("--target-modules", default=",".join(d.target_modules) if isinstance(d.target_modules, tuple)
+                       else d.target_modules,
                        help="comma-separated module names, or all-linear (default: every linear projection)")
 
 
-def _add_eval_args(parser: argparse.ArgumentParser, with_data: bool) -> None:
+def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bool, held_out: str = "") -> None:
     if with_data:
-        parser.add_argument("--data", help="passages: SEAL grouping or SQuAD v1.1 JSON (default: demo corpus, validation split)")
-        parser.add_argument("--teacher", help="model that writes self-edits for the 'teacher' condition (any --model value)")
+        parser.add_argument("--data", default=d.data, help=f"{held_out}passages: SEAL grouping or SQuAD v1.1 JSON "
+                                                           "(default: demo corpus, validation split)")
+        parser.add_argument("--teacher", default=d.teacher,
+                            help="model that writes self-edits for the 'teacher' condition (any --model value)")
         parser.add_argument("--conditions", default=None,
                             help="comma-separated subset of base,passage,self-edit,teacher "
                                  "(default: base,passage,self-edit, plus teacher when --teacher is given)")
-    parser.add_argument("--limit", type=int, default=DEMO_PASSAGES if not with_data else None,
-                        help="evaluate only the first N passages")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling and LoRA initialisation (default 0)")
-    parser.add_argument("--format", default=DEFAULT_FORMAT, choices=sorted(FORMATS), help="self-edit format")
-    parser.add_argument("--self-edits", type=int, default=1,
-                        help="self-edits sampled per passage; accuracy is averaged over them, as in the paper (default 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="length limit of a self-edit (default 256)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="self-edit sampling temperature (default 1.0)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="self-edit nucleus sampling (default 0.95)")
-    parser.add_argument("--grader", default="contains", choices=sorted(GRADERS),
-                        help="which grader is the accuracy; all are recorded (default contains, see README)")
-    parser.add_argument("--passages-per-batch", type=int, default=8,
-                        help="passages whose self-edits, inner loops and answers run batched together (default 8)")
-    parser.add_argument("--out", help="run directory (default runs/<time>-eval); an existing one is resumed")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_model_args(parser)
-    _add_inner_loop_args(parser)
+        parser.add_argument("--skip", type=int, default=d.skip, help=f"leave out the first N {held_out}passages")
+    parser.add_argument("--limit", type=int, default=d.limit, help=f"evaluate only the first N {held_out}passages")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed for sampling and LoRA initialisation (default {d.seed})")
+    parser.add_argument("--format", default=d.format, choices=sorted(FORMATS), help="self-edit format")
+    parser.add_argument("--self-edits", type=int, default=d.self_edits_per_passage,
+                        help="self-edits sampled per evaluated passage; accuracy is averaged over them, as in the paper "
+                             f"(default {d.self_edits_per_passage})")
+    sampling = d.self_edit_sampling
+    parser.add_argument("--max-new-tokens", type=int, default=sampling.max_new_tokens,
+                        help=f"length limit of a self-edit (default {sampling.max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=sampling.temperature,
+                        help=f"self-edit sampling temperature (default {sampling.temperature})")
+    parser.add_argument("--top-p", type=float, default=sampling.top_p,
+                        help=f"self-edit nucleus sampling (default {sampling.top_p})")
+    parser.add_argument("--grader", default=d.grader, choices=sorted(GRADERS),
+                        help=f"which grader is the accuracy; all are recorded (default {d.grader}, see README)")
+    parser.add_argument("--passages-per-batch", type=int, default=d.passages_per_batch,
+                        help="passages whose self-edits, inner loops and answers run batched together "
+                             f"(default {d.passages_per_batch})")
+    _add_run_args(parser)
+    _add_model_args(parser, d.model)
+    _add_inner_loop_args(parser, d.inner_loop)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run directory")
+    group.add_argument("--out", help=f"run directory (default runs/<time>-{parser.prog.split()[-1]}); "
+                                     "an existing one with the same config is resumed")
+    group.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR with its saved config (other settings are ignored)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
+    from seal_lm.recipes.knowledge_train import PRESETS
+
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="start from a named configuration (flags override it): paper (default) or cpu-demo "
+                             "(the whole loop on the embedded model and demo corpus in under 30 min on a CPU)")
+    group = parser.add_argument_group("training passages")
+    group.add_argument("--train-data", default=d.train_data,
+                       help="passages the policy learns from (default: demo corpus, train split)")
+    group.add_argument("--train-skip", type=int, default=d.train_skip, help="leave out the first N training passages")
+    group.add_argument("--train-limit", type=int, default=d.train_limit, help="use only the first N training passages")
+    r = d.rest_em
+    group = parser.add_argument_group("ReST-EM outer loop (defaults are the paper's)")
+    group.add_argument("--rounds", type=int, default=r.rounds, help=f"RL rounds (default {r.rounds})")
+    group.add_argument("--passages-per-round", type=int, default=r.contexts_per_round,
+                       help=f"training passages per round; round r takes the next ones (default {r.contexts_per_round})")
+    group.add_argument("--samples", type=int, default=r.samples_per_context,
+                       help=f"self-edits sampled per training passage (K, default {r.samples_per_context})")
+    group.add_argument("--reward-repeats", type=int, default=r.reward_repeats,
+                       help=f"inner loops averaged per reward (default {r.reward_repeats})")
+    group.add_argument("--keep", choices=["best", "positive", "top-k"], default=r.keep,
+                       help="which self-edits train the policy: the best per passage if it beats training on the "
+                            f"passage alone, all that beat it, or the --keep-k best that beat it (default {r.keep})")
+    group.add_argument("--keep-k", type=int, default=r.keep_k, help=f"k for --keep top-k (default {r.keep_k})")
+    group.add_argument("--adapt", choices=["policy", "base"], default=r.adapt,
+                       help="which model the inner loop adapts: the current policy, as in the paper, or the "
+                            f"original model (default {r.adapt})")
+    group.add_argument("--passages-per-rollout-batch", type=int, default=r.contexts_per_batch,
+                       help=f"training passages sampled and scored together (default {r.contexts_per_batch})")
+    p = r.policy_update
+    group = parser.add_argument_group("policy update (LoRA SFT on kept self-edits, merged after each round)")
+    group.add_argument("--policy-lr", type=float, default=p.learning_rate, help=f"default {p.learning_rate}")
+    group.add_argument("--policy-epochs", type=int, default=p.epochs, help=f"default {p.epochs}")
+    group.add_argument("--policy-batch-size", type=int, default=p.batch_size, help=f"default {p.batch_size}")
+    group.add_argument("--policy-rank", type=int, default=p.rank, help=f"default {p.rank}")
+    group.add_argument("--policy-alpha", type=int, default=p.alpha, help=f"default {p.alpha}")
+
+
+def build_parser(preset_name: str | None = None) -> argparse.ArgumentParser:
+    from seal_lm.recipes.knowledge_eval import EvalConfig
+    from seal_lm.recipes.knowledge_train import preset
+
     parser = argparse.ArgumentParser(
         prog="seal",
         description="SEAL: language models that write their own finetuning data (self-edits), "
@@ -81,17 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "after LoRA on the passage plus the model's own self-edit, and optionally plus a teacher's "
                     "self-edit. Writes config.json, results.jsonl and summary.json to the run directory.",
     )
-    _add_eval_args(ev, with_data=True)
+    _add_eval_args(ev, EvalConfig(), with_data=True)
     demo = sub.add_parser(
         "demo", help=f"a quick SEAL demo on the embedded model and the demo corpus ({DEMO_PASSAGES} passages)",
         description="Runs `seal eval` conditions base, passage and passage + self-edit on the demo corpus' "
                     "validation passages (invented facts no model can know) and prints the table.",
     )
-    _add_eval_args(demo, with_data=False)
+    _add_eval_args(demo, EvalConfig(limit=DEMO_PASSAGES), with_data=False)
+    config = preset(preset_name or "paper")
+    train = sub.add_parser(
+        "train", help="ReST-EM: teach the model to write better self-edits (all rounds in one command)",
+        description="Each round: sample self-edits for training passages, score each by an inner loop "
+                    "(closed-book accuracy after the update, against training on the passage alone), finetune "
+                    "the policy on the best ones and merge it into a new checkpoint; then evaluate on held-out "
+                    "passages. Prints base / passage / passage + self-edit / SEAL round 1 / SEAL round 2 ...",
+    )
+    _add_train_args(train, config)
+    _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")
+    report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
+                            description="Writes RUN_DIR/report/index.html (self-contained) and the plots as PNG files.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by seal eval, demo or train")
     return parser
 
 
-def _eval_config(args: argparse.Namespace):
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
     from seal_lm.generation import SamplingParams
     from seal_lm.recipes.knowledge_eval import EvalConfig
 
@@ -103,6 +179,7 @@ def _eval_config(args: argparse.Namespace):
     targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
     return EvalConfig(
         data=getattr(args, "data", None),
+        skip=getattr(args, "skip", 0),
         limit=args.limit,
         seed=args.seed,
         model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code),
@@ -119,21 +196,74 @@ def _eval_config(args: argparse.Namespace):
     )
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from seal_lm.recipes.knowledge_eval import run_eval
-    from seal_lm.report import print_eval_table
-    from seal_lm.runs import RunDir
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from seal_lm.recipes.knowledge_train import TrainConfig
+    from seal_lm.recipes.rest_em import RestEmSettings
 
-    config = _eval_config(args)
-    out = Path(args.out) if args.out else RunDir.new_path("runs", args.command)
-    summary = run_eval(config, out, show_progress=not args.no_progress, label=f"seal {args.command}")
+    return TrainConfig(
+        eval=_eval_config(args),
+        train_data=args.train_data,
+        train_skip=args.train_skip,
+        train_limit=args.train_limit,
+        rest_em=RestEmSettings(
+            rounds=args.rounds, contexts_per_round=args.passages_per_round, samples_per_context=args.samples,
+            reward_repeats=args.reward_repeats, keep=args.keep, keep_k=args.keep_k, adapt=args.adapt,
+            contexts_per_batch=args.passages_per_rollout_batch,
+            policy_update=InnerLoopSettings(rank=args.policy_rank, alpha=args.policy_alpha,
+                                            learning_rate=args.policy_lr, epochs=args.policy_epochs,
+                                            batch_size=args.policy_batch_size),
+        ),
+    )
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from seal_lm.report import print_eval_table
+    from seal_lm.runs import RunDir, config_from_dict, read_config
+
+    if args.command == "report":
+        from seal_lm.report_html import write_report
+
+        print(f"report: {write_report(args.run_dir)}")
+        return 0
+    out = Path(args.resume or args.out or RunDir.new_path("runs", args.command))
+    if args.command == "train":
+        from seal_lm.recipes.knowledge_train import TrainConfig, run_train
+
+        config = config_from_dict(TrainConfig, read_config(out), str(out / "config.json")) if args.resume \
+            else _train_config(args)
+        summary = run_train(config, out, show_progress=not args.no_progress)
+    else:
+        from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
+
+        config = config_from_dict(EvalConfig, read_config(out), str(out / "config.json")) if args.resume \
+            else _eval_config(args)
+        summary = run_eval(config, out, show_progress=not args.no_progress, label=f"seal {args.command}")
     print_eval_table(summary)
-    print(f"run directory: {out}")
+    for row in summary.get("rounds", []):
+        print(f"round {row['round']}: mean reward {100 * row['mean_reward']:.1f}% vs passage-only "
+              f"{100 * row['mean_baseline']:.1f}%; best self-edit beat it on {row['kept']} of {row['contexts']} passages")
+    print(f"run directory: {out}  (seal report {out} draws the plots)")
     return 0
 
 
+def _preset_in(argv: list[str]) -> str | None:
+    """The --preset value, read before parsing so that the preset supplies the defaults (and --help shows them)."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser(_preset_in(argv))
+    except SealError as exc:
+        print(f"seal: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -144,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # hub retries end in our one-line error
     try:
-        return _run_eval(args)
+        return _run_command(args)
     except SealError as exc:
         print(f"seal: error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,21 @@ class Prompt:
         return cls(messages=(("user", user),), text=base_text if base_text is not None else user)
 
 
+def render_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> str:
+    """The text a model sees for `prompt`: its chat template if it has one (or `chat` says so), else plain text."""
+    if not (loaded.has_chat_template if chat is None else chat):
+        return prompt.text
+    messages = [{"role": role, "content": content} for role, content in prompt.messages]
+    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> list[int]:
+    """Token ids of the rendered prompt; shared by generation and by training on prompt -> completion pairs."""
+    chat = loaded.has_chat_template if chat is None else chat
+    # Chat templates already contain the special tokens; base prompts get the tokenizer's defaults.
+    return loaded.tokenizer(render_prompt(loaded, prompt, chat), add_special_tokens=not chat)["input_ids"]
+
+
 @dataclass
 class SamplingParams:
     """Sampling settings; temperature 0 means greedy decoding."""
@@ -70,10 +85,7 @@ class HFGenerator:
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees for `prompt`."""
-        if not self._chat:
-            return prompt.text
-        messages = [{"role": role, "content": content} for role, content in prompt.messages]
-        return self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_prompt(self.loaded, prompt, self._chat)
 
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams, adapters: AdapterChoice = None
@@ -83,11 +95,8 @@ class HFGenerator:
         per_prompt = list(adapters) if isinstance(adapters, (list, tuple)) else [adapters] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise ValueError(f"got {len(per_prompt)} adapters for {len(prompts)} prompts")
-        tokenizer = self.loaded.tokenizer
-        texts = [self.render(p) for p in prompts]
-        # Chat templates already contain the special tokens; base prompts get the tokenizer's defaults.
-        encoded = [tokenizer(t, add_special_tokens=not self._chat)["input_ids"] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+        encoded = [encode_prompt(self.loaded, p, self._chat) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         results: list[list[str]] = [[] for _ in prompts]
         if params.seed is not None:
             torch.manual_seed(params.seed)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from seal_lm.adapters import Adapter
+from seal_lm.generation import Prompt, encode_prompt
 from seal_lm.models import LoadedModel
 from seal_lm.multi_lora import MultiLora, TokenRouting, injected
 
@@ -42,11 +43,23 @@ class InnerLoopSettings:
         return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length)
 
 
+@dataclass(frozen=True)
+class Example:
+    """A prompt and its completion: the loss covers the completion only (policy updates, few-shot
+    output-only training). The prompt is rendered exactly as generation renders it."""
+
+    prompt: Prompt
+    completion: str
+
+
+Sequence_ = str | Example  # plain text is learned whole
+
+
 @dataclass
 class TrainJob:
     """Sequences to learn, with the settings to learn them by (None: the updater's defaults)."""
 
-    sequences: Sequence[str]
+    sequences: Sequence[Sequence_]
     settings: InnerLoopSettings | None = None
 
 
@@ -86,16 +99,38 @@ class LoraUpdater:
                     results[i] = result
         return results  # type: ignore[return-value]
 
-    def tokenize(self, sequences: Sequence[str], max_length: int) -> list[list[int]]:
-        """Token ids of each sequence, ending with EOS so the model also learns where a fact ends."""
+    def tokenize(self, sequences: Sequence[Sequence_], max_length: int) -> list[Tokens]:
+        """Token ids of each sequence, ending with EOS so the model also learns where a fact (or a
+        completion) ends; for an `Example`, also where its completion starts."""
         tokenizer = self.loaded.tokenizer
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         out = []
-        for text in sequences:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-            if tokenizer.eos_token_id is not None:
-                ids = ids + [tokenizer.eos_token_id]
-            out.append(ids[:max_length])
-        return out
+        for item in sequences:
+            if isinstance(item, Example):
+                prompt = encode_prompt(self.loaded, item.prompt)
+                ids = prompt + tokenizer(item.completion, add_special_tokens=False)["input_ids"] + eos
+                out.append(Tokens(ids[:max_length], len(prompt)))
+            else:
+                out.append(Tokens((tokenizer(item, add_special_tokens=True)["input_ids"] + eos)[:max_length]))
+        return [t for t in out if t.n_predicted > 0]
+
+    def mean_loss(self, sequences: Sequence[Sequence_], max_length: int = 2048) -> float:
+        """Mean next-token loss of the model as it is (no adapter) on the tokens training would predict."""
+        tokens = self.tokenize(sequences, max_length)
+        if not tokens:
+            raise ValueError("mean_loss needs at least one sequence with something to predict")
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(tokens), 8):
+                packed = pack_sequences([(0, t) for t in tokens[start : start + 8]], self.max_row_tokens,
+                                        self.loaded.tokenizer.pad_token_id, self.loaded.device)
+                logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                                           use_cache=False).logits
+                losses = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(),
+                                         ignore_index=-100, reduction="sum")
+                total += losses.item()
+                count += int((packed.labels != -100).sum())
+        return total / count
 
     def _train_together(self, jobs: list[TrainJob]) -> list[TrainResult]:
         started = time.perf_counter()
@@ -103,7 +138,7 @@ class LoraUpdater:
         shape = settings[0]
         examples = []
         for job, s in zip(jobs, settings):
-            ids = [x for x in self.tokenize(job.sequences, s.max_length) if len(x) > 1]
+            ids = self.tokenize(job.sequences, s.max_length)
             if not ids:
                 raise ValueError("an inner-loop job needs at least one non-empty sequence")
             examples.append(ids)
@@ -141,10 +176,11 @@ class LoraUpdater:
             per_epoch = len(schedules[k]) // s.epochs
             losses = step_losses[k]
             epoch_losses = [sum(losses[e * per_epoch : (e + 1) * per_epoch]) / per_epoch for e in range(s.epochs)]
-            results.append(TrainResult(adapters[k], epoch_losses, sum(map(len, examples[k])) * s.epochs, seconds))
+            tokens = sum(len(t.ids) for t in examples[k]) * s.epochs
+            results.append(TrainResult(adapters[k], epoch_losses, tokens, seconds))
         return results
 
-    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, list[int]]], n_adapters: int) -> dict[int, float]:
+    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int) -> dict[int, float]:
         """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
         device = self.loaded.device
         packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id, device)
@@ -161,6 +197,23 @@ class LoraUpdater:
         return {k: per_adapter[k].item() for k, _ in batch}
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A tokenized training sequence; the loss covers the tokens from index `n_prompt` on."""
+
+    ids: list[int]
+    n_prompt: int = 0
+
+    @property
+    def n_predicted(self) -> int:
+        return len(self.ids) - max(self.n_prompt, 1)
+
+    def labels(self) -> list[int]:
+        """Next token at each position; -100 where nothing is learned (inside the prompt, last token)."""
+        start = max(self.n_prompt, 1)
+        return [t if i + 1 >= start else -100 for i, t in enumerate(self.ids[1:])] + [-100]
+
+
 @dataclass
 class PackedBatch:
     """Sequences packed into dense rows: positions restart at 0 for every sequence (transformers
@@ -172,28 +225,28 @@ class PackedBatch:
     owners: torch.Tensor  # adapter of each token; -1 for row padding
 
 
-def pack_sequences(sequences: list[tuple[int, list[int]]], max_row_tokens: int, pad_id: int,
+def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad_id: int,
                    device: torch.device | str = "cpu") -> PackedBatch:
-    """Pack (adapter, token ids) pairs into rows of at most `max_row_tokens`, in adapter order, so
+    """Pack (adapter, tokens) pairs into rows of at most `max_row_tokens`, in adapter order, so
     that each adapter's tokens form one contiguous run (two runs where it crosses into a new row)."""
-    rows: list[list[tuple[int, list[int]]]] = []
+    rows: list[list[tuple[int, Tokens]]] = []
     used: list[int] = []
     for item in sorted(sequences, key=lambda kv: kv[0]):  # stable: keeps each job's batch order
-        if rows and used[-1] + len(item[1]) <= max_row_tokens:
+        if rows and used[-1] + len(item[1].ids) <= max_row_tokens:
             rows[-1].append(item)
-            used[-1] += len(item[1])
+            used[-1] += len(item[1].ids)
         else:
             rows.append([item])
-            used.append(len(item[1]))
+            used.append(len(item[1].ids))
     width = max(used)
     columns: dict[str, list[list[int]]] = {"input_ids": [], "position_ids": [], "labels": [], "owners": []}
     for row, length in zip(rows, used):
         fill = width - length
-        columns["input_ids"].append([t for _, ids in row for t in ids] + [pad_id] * fill)
+        columns["input_ids"].append([t for _, seq in row for t in seq.ids] + [pad_id] * fill)
         # Row padding is its own "sequence" starting at position 0, so it never joins a real one.
-        columns["position_ids"].append([p for _, ids in row for p in range(len(ids))] + list(range(fill)))
-        columns["labels"].append([t for _, ids in row for t in ids[1:] + [-100]] + [-100] * fill)
-        columns["owners"].append([k for k, ids in row for _ in ids] + [-1] * fill)
+        columns["position_ids"].append([p for _, seq in row for p in range(len(seq.ids))] + list(range(fill)))
+        columns["labels"].append([t for _, seq in row for t in seq.labels()] + [-100] * fill)
+        columns["owners"].append([k for k, seq in row for _ in seq.ids] + [-1] * fill)
     return PackedBatch(**{name: torch.tensor(value, device=device) for name, value in columns.items()})
 
 
@@ -201,7 +254,7 @@ def _fused_supported(model: torch.nn.Module) -> bool:
     return next(model.parameters()).device.type in ("cpu", "cuda")
 
 
-def _batch_schedule(examples: list[list[int]], settings: InnerLoopSettings) -> list[list[list[int]]]:
+def _batch_schedule(examples: list[Tokens], settings: InnerLoopSettings) -> list[list[Tokens]]:
     """The job's batches for all epochs, in its own seeded order (independent of other jobs)."""
     generator = torch.Generator().manual_seed(settings.seed)
     schedule = []

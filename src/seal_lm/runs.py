@@ -6,18 +6,60 @@ moment loses at most the unit in progress; reopening the directory skips what is
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from seal_lm.errors import SealError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A per-unit seed that depends on what the unit is, not on when it runs (so resume is exact)."""
+    return int(hashlib.sha256("|".join(map(str, [seed, *parts])).encode()).hexdigest()[:8], 16)
+
+
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Rebuild a (nested) config dataclass from its JSON form, as written to config.json; lists
+    become tuples where the field is typed as a tuple. Unknown fields are an error, not ignored."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - names
+    if unknown:
+        raise SealError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            value = config_from_dict(nested[0], value, f"{where}.{name}")
+        elif isinstance(value, list) and "tuple" in str(hint):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The config.json of an existing run directory (for --resume)."""
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise SealError(f"{path}: not a run directory (no {CONFIG_FILE})")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SealError(f"{config_path}: not valid JSON ({exc})") from None
 
 
 class RunDir:

@@ -12,7 +12,6 @@ passages finishes; rerunning with the same --out resumes and skips what is done.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from seal_lm.generation import Generator, HFGenerator, SamplingParams
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
-from seal_lm.runs import RunDir
+from seal_lm.runs import RunDir, derived_seed
 from seal_lm.stats import mean_with_interval
 
 CONDITIONS = ("base", "passage", "self-edit", "teacher")
@@ -40,6 +39,7 @@ class EvalConfig:
     """Everything that determines a `seal eval` run; written to the run directory as config.json."""
 
     data: str | None = None  # None: the demo corpus' validation split
+    skip: int = 0  # leave out the first passages (e.g. those a training run learns from)
     limit: int | None = None
     seed: int = 0
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -72,15 +72,11 @@ class EvalConfig:
 
 def load_eval_passages(config: EvalConfig) -> list[Passage]:
     passages = load_passages(config.data) if config.data else load_demo_corpus("validation")
+    passages = passages[config.skip :]
     passages = passages[: config.limit] if config.limit else passages
     if not passages:
         raise SealError(f"{config.data or 'demo corpus'}: no passages to evaluate")
     return passages
-
-
-def derived_seed(seed: int, *parts: str) -> int:
-    """A per-unit seed that depends on what the unit is, not on when it runs (so resume is exact)."""
-    return int(hashlib.sha256("|".join([str(seed), *parts]).encode()).hexdigest()[:8], 16)
 
 
 class KnowledgeEvaluator:
@@ -95,11 +91,15 @@ class KnowledgeEvaluator:
         self.teacher = teacher
         self.fmt = get_format(config.format)
 
-    def run(self, passages: list[Passage], condition: str) -> list[dict[str, Any]]:
+    def run(self, passages: list[Passage], condition: str, round_: int = 0) -> list[dict[str, Any]]:
+        """Records for `passages` under `condition`; `round_` > 0 marks a SEAL policy after that RL round."""
         started = time.perf_counter()
+        # The seed does not depend on the round: every round's self-edits are sampled with the same
+        # random numbers, which makes rounds differ less by chance.
         seed = derived_seed(self.config.seed, condition, *(p.id for p in passages))
         records: list[dict[str, Any]] = [
-            {"passage_id": p.id, "title": p.title, "condition": condition} for p in passages
+            {"kind": "eval", "round": round_, "passage_id": p.id, "title": p.title, "condition": condition}
+            for p in passages
         ]
         if condition == "base":
             samples = [[graded] for graded in answer_questions(self.generator, passages)]
@@ -155,43 +155,61 @@ def _merge_samples(samples: list[list[dict]]) -> list[dict]:
 def run_eval(config: EvalConfig, out: str | Path, show_progress: bool = True, label: str = "seal eval") -> dict[str, Any]:
     """Run (or resume) an evaluation into `out`; return the summary that is also written there."""
     config.validate()
-    passages = load_eval_passages(config)
     run = RunDir(out, config.as_dict())
-    done = {(r["passage_id"], r["condition"]) for r in run.records}
-    groups = [passages[i : i + config.passages_per_batch] for i in range(0, len(passages), config.passages_per_batch)]
-    # A (group, condition) unit is redone whole if any of its passages is missing, so that a resumed
-    # run samples exactly what an uninterrupted one would; only the missing records are appended.
-    todo = [(g, c) for g in groups for c in config.conditions if any((p.id, c) not in done for p in g)]
-    if todo:
-        loaded = load_model(config.model)
-        teacher = None
-        if any(c == "teacher" for _, c in todo):
-            teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
-        evaluator = KnowledgeEvaluator(config, loaded, teacher)
-        with tqdm(total=sum(len(g) for g, _ in todo), desc=label, unit="passage", disable=not show_progress) as bar:
-            for group, condition in todo:
-                bar.set_postfix_str(condition)
-                for record in evaluator.run(group, condition):
-                    if (record["passage_id"], condition) not in done:
-                        run.append(record)
-                bar.update(len(group))
-    summary = summarize(run.records, config, passages)
+    evaluate_round(config, None, 0, run, show_progress, label)
+    summary = summarize(run.records, config)
     run.write_summary(summary)
     return summary
 
 
-def summarize(records: list[dict], config: EvalConfig, passages: list[Passage]) -> dict[str, Any]:
-    """Per condition: accuracy under every grader with 95% intervals, counts and time per passage."""
-    wanted = {p.id for p in passages}
+def evaluate_round(config: EvalConfig, model: LoadedModel | None, round_: int, run: RunDir,
+                   show_progress: bool = True, label: str = "evaluation") -> None:
+    """Append the records of round `round_` that `run` lacks: the configured conditions before RL
+    (round 0), the self-edit condition of the round's policy after it. `model` None: load config.model."""
+    passages = load_eval_passages(config)
+    conditions = config.conditions if round_ == 0 else ("self-edit",)
+    done = {(r["passage_id"], r["condition"]) for r in run.records if _is_eval(r) and r.get("round", 0) == round_}
+    groups = [passages[i : i + config.passages_per_batch] for i in range(0, len(passages), config.passages_per_batch)]
+    # A (group, condition) unit is redone whole if any of its passages is missing, so that a resumed
+    # run samples exactly what an uninterrupted one would; only the missing records are appended.
+    todo = [(g, c) for g in groups for c in conditions if any((p.id, c) not in done for p in g)]
+    if not todo:
+        return
+    loaded = model or load_model(config.model)
+    teacher = None
+    if any(c == "teacher" for _, c in todo):
+        teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
+    evaluator = KnowledgeEvaluator(config, loaded, teacher)
+    total = len(passages) * len(conditions)
+    with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="passage",
+              disable=not show_progress) as bar:
+        for group, condition in todo:
+            bar.set_postfix_str(condition)
+            for record in evaluator.run(group, condition, round_):
+                if (record["passage_id"], condition) not in done:
+                    run.append(record)
+            bar.update(len(group))
+
+
+def _is_eval(record: dict[str, Any]) -> bool:
+    return record.get("kind", "eval") == "eval"  # records of early runs carry no kind
+
+
+def summarize(records: list[dict], config: EvalConfig) -> dict[str, Any]:
+    """Per condition (and per SEAL round): accuracy under every grader with 95% intervals, counts and
+    time per passage."""
+    wanted = {p.id for p in load_eval_passages(config)}
+    evals = [r for r in records if _is_eval(r) and r["passage_id"] in wanted]
+    rounds = sorted({r.get("round", 0) for r in evals} - {0})
     rows = {}
-    for condition in config.conditions:
-        recs = [r for r in records if r["condition"] == condition and r["passage_id"] in wanted]
+    for key, round_, condition in [(c, 0, c) for c in config.conditions] + [(f"round-{n}", n, "self-edit") for n in rounds]:
+        recs = [r for r in evals if r["condition"] == condition and r.get("round", 0) == round_]
         if not recs:
             continue
         questions = [q for r in recs for q in r["questions"]]
         statuses = Counter(e["status"] for r in recs for e in r.get("self_edits", []))
-        rows[condition] = {
-            "label": condition_label(condition, config),
+        rows[key] = {
+            "label": condition_label(condition, config) if round_ == 0 else f"SEAL round {round_}",
             "passages": len(recs),
             "questions": len(questions),
             "seconds_per_passage": sum(r["seconds"] for r in recs) / len(recs),
