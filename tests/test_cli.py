@@ -153,3 +153,23 @@ def test_eval_resume_reads_the_saved_config(tiny_model_dir, passages_file, tmp_p
     assert len(_lines(out)) == 3 and (out / "summary.json").is_file()
     assert main(["eval", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_cpt_mode_pools_every_passage_into_one_update(tiny_model_dir, passages_file, tmp_path):
+    out = tmp_path / "cpt"
+    assert main(["eval", "--mode", "cpt", "--model", str(tiny_model_dir), "--data", str(passages_file),
+                 "--out", str(out), *FAST, "--self-edits", "2"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["mode"] == "cpt" and config["inner_loop"]["batch_size"] == 8  # SEAL's cpt defaults...
+    assert config["inner_loop"]["epochs"] == 1  # ...which flags still override
+    records = [r for r in _lines(out) if r["condition"] in ("passage", "self-edit")]
+    for condition in ("passage", "self-edit"):
+        first, second = (r for r in records if r["condition"] == condition)
+        # both passages report the same pooled update, trained on both passages' sequences
+        assert first["training"][0]["epoch_losses"] == second["training"][0]["epoch_losses"]
+        assert first["training"][0]["tokens"] == second["training"][0]["tokens"]
+        assert first["training"][0]["sequences"][0].startswith(first["title"])
+    self_edit = next(r for r in records if r["condition"] == "self-edit")
+    assert len(self_edit["self_edits"]) == 2 and len(self_edit["training"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["setting"].startswith("continued pretraining") and summary["conditions"]["self-edit"]["passages"] == 2

@@ -47,7 +47,15 @@ def _add_inner_loop_args(parser: argparse.ArgumentParser, d: InnerLoopSettings) 
                        help="comma-separated module names, or all-linear (default: every linear projection)")
 
 
-def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bool, held_out: str = "") -> None:
+def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bool, held_out: str = "",
+                   with_mode: bool = False) -> None:
+    if with_mode:
+        parser.add_argument("--mode", choices=["single", "cpt"], default=d.mode,
+                            help="single: one LoRA update per passage (the paper's main setting); cpt: continued "
+                                 "pretraining, one update on the pooled self-edits of --docs passages, then all their "
+                                 "questions (its defaults follow SEAL's code: --self-edits 5 --epochs 3 --batch-size 8)")
+        parser.add_argument("--docs", type=int, default=d.docs,
+                            help="cpt: passages pooled into one update (default: all evaluated passages)")
     if with_data:
         parser.add_argument("--data", default=d.data, help=f"{held_out}passages: SEAL grouping or SQuAD v1.1 JSON "
                                                            "(default: demo corpus, validation split)")
@@ -127,8 +135,9 @@ def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     group.add_argument("--policy-alpha", type=int, default=p.alpha, help=f"default {p.alpha}")
 
 
-def build_parser(preset_name: str | None = None) -> argparse.ArgumentParser:
-    from seal_lm.recipes.knowledge_eval import EvalConfig
+def build_parser(preset_name: str | None = None, mode: str | None = None) -> argparse.ArgumentParser:
+    """`preset_name` (train) and `mode` (eval) choose the defaults that the other flags then override."""
+    from seal_lm.recipes.knowledge_eval import EvalConfig, cpt_defaults
     from seal_lm.recipes.knowledge_train import preset
 
     parser = argparse.ArgumentParser(
@@ -144,7 +153,7 @@ def build_parser(preset_name: str | None = None) -> argparse.ArgumentParser:
                     "after LoRA on the passage plus the model's own self-edit, and optionally plus a teacher's "
                     "self-edit. Writes config.json, results.jsonl and summary.json to the run directory.",
     )
-    _add_eval_args(ev, EvalConfig(), with_data=True)
+    _add_eval_args(ev, cpt_defaults() if mode == "cpt" else EvalConfig(), with_data=True, with_mode=True)
     demo = sub.add_parser(
         "demo", help=f"a quick SEAL demo on the embedded model and the demo corpus ({DEMO_PASSAGES} passages)",
         description="Runs `seal eval` conditions base, passage and passage + self-edit on the demo corpus' "
@@ -191,6 +200,8 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
                                           max_new_tokens=args.max_new_tokens),
         grader=args.grader,
         passages_per_batch=args.passages_per_batch,
+        mode=getattr(args, "mode", "single"),
+        docs=getattr(args, "docs", None),
         inner_loop=InnerLoopSettings(rank=args.lora_rank, alpha=args.lora_alpha, learning_rate=args.lr,
                                      epochs=args.epochs, batch_size=args.batch_size, target_modules=targets),
     )
@@ -246,12 +257,12 @@ def _run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preset_in(argv: list[str]) -> str | None:
-    """The --preset value, read before parsing so that the preset supplies the defaults (and --help shows them)."""
+def _value_in(argv: list[str], flag: str) -> str | None:
+    """A flag's value, read before parsing so that it can supply the defaults (and --help shows them)."""
     for i, arg in enumerate(argv):
-        if arg == "--preset" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--preset="):
+        if arg.startswith(f"{flag}="):
             return arg.split("=", 1)[1]
     return None
 
@@ -259,7 +270,7 @@ def _preset_in(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser(_preset_in(argv))
+        parser = build_parser(_value_in(argv, "--preset"), _value_in(argv, "--mode"))
     except SealError as exc:
         print(f"seal: error: {exc}", file=sys.stderr)
         return 2

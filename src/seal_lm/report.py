@@ -12,7 +12,7 @@ from seal_lm.stats import Estimate
 
 def eval_table(summary: dict[str, Any], title: str = "Closed-book accuracy") -> Table:
     grader = summary["grader"]
-    table = Table(title=f"{title} ({summary['model']}, grader: {grader})")
+    table = Table(title=f"{title} ({summary['model']}, grader: {grader})", caption=summary.get("setting"))
     for name, justify in [("condition", "left"), ("accuracy [95% CI]", "right"), ("passages", "right"),
                           ("questions", "right"), ("s / passage", "right")]:
         table.add_column(name, justify=justify, no_wrap=True)

@@ -1,6 +1,8 @@
 """`seal eval`: the paper's single-passage table on any passage set.
 
-For each passage and condition, closed-book accuracy on its questions:
+For each passage and condition, closed-book accuracy on its questions (mode "single", the paper's
+single-passage setting, one LoRA update per passage; mode "cpt", continued pretraining, one update
+on the pooled training data of `docs` passages, after which all their questions are asked):
   base       - the model as it is;
   passage    - after a LoRA update on the passage alone;
   self-edit  - after a LoRA update on the passage plus the model's own self-edit(s);
@@ -32,6 +34,7 @@ from seal_lm.runs import RunDir, derived_seed
 from seal_lm.stats import mean_with_interval
 
 CONDITIONS = ("base", "passage", "self-edit", "teacher")
+MODES = ("single", "cpt")
 
 
 @dataclass
@@ -53,6 +56,8 @@ class EvalConfig:
     grader: str = "contains"
     inner_loop: InnerLoopSettings = field(default_factory=InnerLoopSettings)
     passages_per_batch: int = 8  # passages whose self-edits, inner loops and answers are batched together
+    mode: str = "single"  # "single": one update per passage; "cpt": one update per pool of `docs` passages
+    docs: int | None = None  # cpt pool size (None: every evaluated passage in one pool)
 
     def validate(self) -> None:
         get_format(self.format)
@@ -65,9 +70,23 @@ class EvalConfig:
             raise SealError("condition 'teacher' needs --teacher MODEL")
         if self.self_edits_per_passage < 1 or self.passages_per_batch < 1:
             raise SealError("self_edits_per_passage and passages_per_batch must be at least 1")
+        if self.mode not in MODES:
+            raise SealError(f"unknown mode '{self.mode}' (choose one of: {', '.join(MODES)})")
+        if self.docs is not None and self.docs < 1:
+            raise SealError(f"docs must be at least 1 (got {self.docs})")
+
+    def group_size(self, n_passages: int) -> int:
+        """Passages handled together: a batch (single mode) or one pooled update (cpt mode)."""
+        return (self.docs or n_passages) if self.mode == "cpt" else self.passages_per_batch
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def cpt_defaults() -> EvalConfig:
+    """Continued pretraining as in SEAL's code: 5 self-edits per passage, 3 epochs, 8 sequences per step
+    (their 4 x 2 gradient accumulation), lr 1e-3."""
+    return EvalConfig(mode="cpt", self_edits_per_passage=5, inner_loop=InnerLoopSettings(epochs=3, batch_size=8))
 
 
 def load_eval_passages(config: EvalConfig) -> list[Passage]:
@@ -111,12 +130,18 @@ class KnowledgeEvaluator:
                 params = dataclasses.replace(self.config.self_edit_sampling, n=self.config.self_edits_per_passage,
                                              seed=seed)
                 edits = write_self_edits(writer, passages, self.fmt, params)
-            sequence_sets = [[training_sequences(p, [e.parsed]) for e in es] or [training_sequences(p)]
-                             for p, es in zip(passages, edits)]
-            jobs = [TrainJob(seqs, dataclasses.replace(self.config.inner_loop, seed=seed + j))
-                    for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
-            results = iter(self.updater.train(jobs))
-            per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
+            if self.config.mode == "cpt":  # one update on everything the pool's passages contribute
+                sequence_sets = [[training_sequences(p, [e.parsed for e in es])] for p, es in zip(passages, edits)]
+                pooled = [seq for sets in sequence_sets for seq in sets[0]]
+                result, = self.updater.train([TrainJob(pooled, dataclasses.replace(self.config.inner_loop, seed=seed))])
+                per_passage = [[result] for _ in passages]
+            else:  # one update per passage and self-edit, all trained together
+                sequence_sets = [[training_sequences(p, [e.parsed]) for e in es] or [training_sequences(p)]
+                                 for p, es in zip(passages, edits)]
+                jobs = [TrainJob(seqs, dataclasses.replace(self.config.inner_loop, seed=seed + j))
+                        for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
+                results = iter(self.updater.train(jobs))
+                per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
             # Answer sample j of every passage in one batch, each passage with its own adapter.
             n_samples = max(len(r) for r in per_passage)
             answered = [answer_questions(self.generator, passages, [r[j].adapter for r in per_passage])
@@ -169,7 +194,8 @@ def evaluate_round(config: EvalConfig, model: LoadedModel | None, round_: int, r
     passages = load_eval_passages(config)
     conditions = config.conditions if round_ == 0 else ("self-edit",)
     done = {(r["passage_id"], r["condition"]) for r in run.records if _is_eval(r) and r.get("round", 0) == round_}
-    groups = [passages[i : i + config.passages_per_batch] for i in range(0, len(passages), config.passages_per_batch)]
+    size = config.group_size(len(passages))
+    groups = [passages[i : i + size] for i in range(0, len(passages), size)]
     # A (group, condition) unit is redone whole if any of its passages is missing, so that a resumed
     # run samples exactly what an uninterrupted one would; only the missing records are appended.
     todo = [(g, c) for g in groups for c in conditions if any((p.id, c) not in done for p in g)]
@@ -216,7 +242,9 @@ def summarize(records: list[dict], config: EvalConfig) -> dict[str, Any]:
             "accuracy": {g: mean_with_interval([q["scores"][g] for q in questions]).as_dict() for g in GRADERS},
             "self_edit_status": dict(statuses),
         }
-    return {"grader": config.grader, "model": display_name(config.model.name), "conditions": rows}
+    setting = ("single passage: one LoRA update per passage" if config.mode == "single" else
+               f"continued pretraining: one LoRA update per {config.docs or len(wanted)} pooled passages")
+    return {"grader": config.grader, "model": display_name(config.model.name), "setting": setting, "conditions": rows}
 
 
 def condition_label(condition: str, config: EvalConfig) -> str:
