@@ -83,6 +83,9 @@ def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bo
     parser.add_argument("--passages-per-batch", type=int, default=d.passages_per_batch,
                         help="passages whose self-edits, inner loops and answers run batched together "
                              f"(default {d.passages_per_batch})")
+    parser.add_argument("--adapters-per-pass", type=int, default=d.adapters_per_pass,
+                        help="inner loops trained together in one forward/backward pass; more is faster until memory "
+                             f"or compute is full, 1 trains them one by one (default {d.adapters_per_pass})")
     _add_run_args(parser)
     _add_model_args(parser, d.model)
     _add_inner_loop_args(parser, d.inner_loop)
@@ -200,6 +203,7 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
                                           max_new_tokens=args.max_new_tokens),
         grader=args.grader,
         passages_per_batch=args.passages_per_batch,
+        adapters_per_pass=args.adapters_per_pass,
         mode=getattr(args, "mode", "single"),
         docs=getattr(args, "docs", None),
         inner_loop=InnerLoopSettings(rank=args.lora_rank, alpha=args.lora_alpha, learning_rate=args.lr,

@@ -56,6 +56,7 @@ class EvalConfig:
     grader: str = "contains"
     inner_loop: InnerLoopSettings = field(default_factory=InnerLoopSettings)
     passages_per_batch: int = 8  # passages whose self-edits, inner loops and answers are batched together
+    adapters_per_pass: int = 16  # inner loops trained together in one multi-adapter pass (memory vs speed)
     mode: str = "single"  # "single": one update per passage; "cpt": one update per pool of `docs` passages
     docs: int | None = None  # cpt pool size (None: every evaluated passage in one pool)
 
@@ -68,8 +69,8 @@ class EvalConfig:
             raise SealError(f"unknown condition(s) {', '.join(unknown)} (choose from: {', '.join(CONDITIONS)})")
         if "teacher" in self.conditions and not self.teacher:
             raise SealError("condition 'teacher' needs --teacher MODEL")
-        if self.self_edits_per_passage < 1 or self.passages_per_batch < 1:
-            raise SealError("self_edits_per_passage and passages_per_batch must be at least 1")
+        if min(self.self_edits_per_passage, self.passages_per_batch, self.adapters_per_pass) < 1:
+            raise SealError("self_edits_per_passage, passages_per_batch and adapters_per_pass must be at least 1")
         if self.mode not in MODES:
             raise SealError(f"unknown mode '{self.mode}' (choose one of: {', '.join(MODES)})")
         if self.docs is not None and self.docs < 1:
@@ -106,7 +107,7 @@ class KnowledgeEvaluator:
         self.config = config
         self.loaded = loaded
         self.generator = HFGenerator(loaded)
-        self.updater = LoraUpdater(loaded, config.inner_loop)
+        self.updater = LoraUpdater(loaded, config.inner_loop, max_adapters=config.adapters_per_pass)
         self.teacher = teacher
         self.fmt = get_format(config.format)
 

@@ -57,7 +57,7 @@ def preset(name: str) -> TrainConfig:
         # fewer passages, samples and inner-loop repeats than the paper, same algorithm and LoRA settings.
         return TrainConfig(
             eval=EvalConfig(limit=6, self_edit_sampling=SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=160)),
-            rest_em=RestEmSettings(contexts_per_round=8, samples_per_context=3, reward_repeats=1, contexts_per_batch=4),
+            rest_em=RestEmSettings(contexts_per_round=5, samples_per_context=3, reward_repeats=1, contexts_per_batch=5),
         )
     raise SealError(f"unknown preset '{name}' (choose one of: {', '.join(PRESETS)})")
 
@@ -101,7 +101,7 @@ class KnowledgeDomain:
             units.extend((i, j, training_sequences(passage, [p])) for j, p in enumerate(parsed[i]))
         jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r))
                 for n, (_, _, seqs) in enumerate(units) for r in range(repeats)]
-        results = LoraUpdater(model, settings).train(jobs)
+        results = LoraUpdater(model, settings, max_adapters=self.config.eval.adapters_per_pass).train(jobs)
         graded = answer_questions(HFGenerator(model), [contexts[i] for i, _, _ in units for _ in range(repeats)],
                                   [r.adapter for r in results])
         grader = self.config.eval.grader
