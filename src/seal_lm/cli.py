@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
 
 if TYPE_CHECKING:
+    from seal_lm.recipes.fewshot import FewShotConfig
     from seal_lm.recipes.knowledge_eval import EvalConfig
     from seal_lm.recipes.knowledge_train import TrainConfig
 
@@ -100,12 +102,96 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
-    from seal_lm.recipes.knowledge_train import PRESETS
+def _add_domain_arg(parser: argparse.ArgumentParser, domain: str | None) -> None:
+    parser.add_argument("--domain", choices=["knowledge", "arc"], default=domain or "knowledge",
+                        help="knowledge: learn passages, answer questions closed-book (default); arc: few-shot grid "
+                             "tasks with test-time training (`--domain arc --help` lists its options)")
 
-    parser.add_argument("--preset", choices=PRESETS, default=None,
+
+def _add_preset_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["paper", "cpu-demo"], default=None,
                         help="start from a named configuration (flags override it): paper (default) or cpu-demo "
-                             "(the whole loop on the embedded model and demo corpus in under 30 min on a CPU)")
+                             "(the whole loop on the embedded model in under 30 min on a CPU)")
+
+
+def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: bool) -> None:
+    from seal_lm.recipes.fewshot import TASK_SOURCES
+
+    sources = ", ".join(TASK_SOURCES)
+    group = parser.add_argument_group("tasks")
+    if train:
+        group.add_argument("--tasks", default=d.tasks, help=f"training tasks: {sources}, or an ARC JSON file "
+                                                           f"(default {d.tasks})")
+        group.add_argument("--task-ids", default=",".join(d.task_ids), help="comma-separated ids to keep")
+    group.add_argument("--eval-tasks", default=d.eval_tasks, help=f"evaluation tasks: {sources}, or an ARC JSON "
+                                                                  f"challenges file (default {d.eval_tasks})")
+    group.add_argument("--eval-task-ids", default=",".join(d.eval_task_ids), help="comma-separated ids to keep")
+    group.add_argument("--eval-solutions", default=d.eval_solutions, help="solutions file for an ARC JSON challenges file")
+    group.add_argument("--procedural-count", type=int, default=d.procedural_count,
+                       help=f"procedural tasks per split (default {d.procedural_count})")
+    group.add_argument("--procedural-seed", type=int, default=d.procedural_seed,
+                       help="seed of the procedural training tasks; evaluation tasks use seed + 1")
+    group.add_argument("--limit", type=int, default=d.limit, help="evaluate only the first N tasks")
+    group = parser.add_argument_group("self-edits and test-time training")
+    group.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated subset of icl,ttt,oracle")
+    group.add_argument("--self-edits", type=int, default=d.self_edits_per_task,
+                       help=f"configurations sampled per evaluated task, success averaged (default {d.self_edits_per_task})")
+    group.add_argument("--temperature", type=float, default=d.self_edit_sampling.temperature,
+                       help=f"self-edit sampling temperature (default {d.self_edit_sampling.temperature})")
+    group.add_argument("--max-new-tokens", type=int, default=d.self_edit_sampling.max_new_tokens,
+                       help=f"length limit of a self-edit (default {d.self_edit_sampling.max_new_tokens})")
+    group.add_argument("--max-examples", type=int, default=d.max_examples,
+                       help=f"test-time training examples per task (default {d.max_examples})")
+    group.add_argument("--lora-rank", type=int, default=d.ttt.rank, help=f"TTT LoRA rank (default {d.ttt.rank})")
+    group.add_argument("--lora-alpha", type=int, default=d.ttt.alpha, help=f"TTT LoRA alpha (default {d.ttt.alpha})")
+    group.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
+    group.add_argument("--tasks-per-batch", type=int, default=d.tasks_per_batch,
+                       help=f"tasks evaluated together (default {d.tasks_per_batch})")
+    group.add_argument("--adapters-per-pass", type=int, default=d.adapters_per_pass,
+                       help=f"test-time trainings run together in one pass (default {d.adapters_per_pass})")
+    if train:
+        r = d.rest_em
+        group = parser.add_argument_group("ReST-EM outer loop (defaults are the paper's)")
+        group.add_argument("--rounds", type=int, default=r.rounds, help=f"RL rounds (default {r.rounds})")
+        group.add_argument("--tasks-per-round", type=int, default=r.contexts_per_round,
+                           help=f"training tasks per round (default {r.contexts_per_round})")
+        group.add_argument("--samples", type=int, default=r.samples_per_context,
+                           help=f"configurations sampled per training task (default {r.samples_per_context})")
+        group.add_argument("--policy-lr", type=float, default=r.policy_update.learning_rate,
+                           help=f"policy update learning rate (default {r.policy_update.learning_rate})")
+        group.add_argument("--policy-epochs", type=int, default=r.policy_update.epochs,
+                           help=f"policy update epochs (default {r.policy_update.epochs})")
+    _add_run_args(parser)
+    _add_model_args(parser, d.model)
+
+
+def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
+    from seal_lm.recipes.fewshot import FewShotConfig, preset
+
+    base = preset(getattr(args, "preset", None) or "paper") if args.command == "train" else FewShotConfig()
+    ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())  # noqa: E731
+    config = dataclasses.replace(
+        base,
+        tasks=getattr(args, "tasks", base.tasks), task_ids=ids(getattr(args, "task_ids", "")),
+        eval_tasks=args.eval_tasks, eval_task_ids=ids(args.eval_task_ids), eval_solutions=args.eval_solutions,
+        procedural_count=args.procedural_count, procedural_seed=args.procedural_seed, limit=args.limit,
+        model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code), seed=args.seed,
+        conditions=ids(args.conditions), self_edits_per_task=args.self_edits,
+        self_edit_sampling=dataclasses.replace(base.self_edit_sampling, temperature=args.temperature,
+                                               max_new_tokens=args.max_new_tokens),
+        max_examples=args.max_examples, ttt=dataclasses.replace(base.ttt, rank=args.lora_rank, alpha=args.lora_alpha),
+        tasks_per_batch=args.tasks_per_batch, adapters_per_pass=args.adapters_per_pass,
+    )
+    if args.command == "train":
+        config.rest_em = dataclasses.replace(
+            base.rest_em, rounds=args.rounds, contexts_per_round=args.tasks_per_round, samples_per_context=args.samples,
+            policy_update=dataclasses.replace(base.rest_em.policy_update, learning_rate=args.policy_lr,
+                                              epochs=args.policy_epochs))
+    return config
+
+
+def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
+    _add_preset_arg(parser)
     group = parser.add_argument_group("training passages")
     group.add_argument("--train-data", default=d.train_data,
                        help="passages the policy learns from (default: demo corpus, train split)")
@@ -138,8 +224,12 @@ def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     group.add_argument("--policy-alpha", type=int, default=p.alpha, help=f"default {p.alpha}")
 
 
-def build_parser(preset_name: str | None = None, mode: str | None = None) -> argparse.ArgumentParser:
-    """`preset_name` (train) and `mode` (eval) choose the defaults that the other flags then override."""
+def build_parser(preset_name: str | None = None, mode: str | None = None,
+                 domain: str | None = None) -> argparse.ArgumentParser:
+    """`preset_name` (train), `mode` (eval) and `domain` choose the arguments and the defaults that
+    the other flags then override."""
+    from seal_lm.recipes.fewshot import FewShotConfig
+    from seal_lm.recipes.fewshot import preset as fewshot_preset
     from seal_lm.recipes.knowledge_eval import EvalConfig, cpt_defaults
     from seal_lm.recipes.knowledge_train import preset
 
@@ -156,14 +246,18 @@ def build_parser(preset_name: str | None = None, mode: str | None = None) -> arg
                     "after LoRA on the passage plus the model's own self-edit, and optionally plus a teacher's "
                     "self-edit. Writes config.json, results.jsonl and summary.json to the run directory.",
     )
-    _add_eval_args(ev, cpt_defaults() if mode == "cpt" else EvalConfig(), with_data=True, with_mode=True)
+    _add_domain_arg(ev, domain)
+    if domain == "arc":
+        _add_fewshot_args(ev, fewshot_preset("paper") if preset_name == "paper" else FewShotConfig(), train=False)
+    else:
+        _add_eval_args(ev, cpt_defaults() if mode == "cpt" else EvalConfig(), with_data=True, with_mode=True)
     demo = sub.add_parser(
         "demo", help=f"a quick SEAL demo on the embedded model and the demo corpus ({DEMO_PASSAGES} passages)",
         description="Runs `seal eval` conditions base, passage and passage + self-edit on the demo corpus' "
                     "validation passages (invented facts no model can know) and prints the table.",
     )
     _add_eval_args(demo, EvalConfig(limit=DEMO_PASSAGES), with_data=False)
-    config = preset(preset_name or "paper")
+    config = preset(preset_name or "paper") if domain != "arc" else None
     train = sub.add_parser(
         "train", help="ReST-EM: teach the model to write better self-edits (all rounds in one command)",
         description="Each round: sample self-edits for training passages, score each by an inner loop "
@@ -171,8 +265,13 @@ def build_parser(preset_name: str | None = None, mode: str | None = None) -> arg
                     "the policy on the best ones and merge it into a new checkpoint; then evaluate on held-out "
                     "passages. Prints base / passage / passage + self-edit / SEAL round 1 / SEAL round 2 ...",
     )
-    _add_train_args(train, config)
-    _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")
+    _add_domain_arg(train, domain)
+    if domain == "arc":
+        _add_preset_arg(train)
+        _add_fewshot_args(train, fewshot_preset(preset_name or "paper"), train=True)
+    else:
+        _add_train_args(train, config)
+        _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")
     report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
                             description="Writes RUN_DIR/report/index.html (self-contained) and the plots as PNG files.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by seal eval, demo or train")
@@ -240,23 +339,27 @@ def _run_command(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(args.run_dir)}")
         return 0
+    from seal_lm.recipes.fewshot import FewShotConfig, run_fewshot_eval, run_fewshot_train
+    from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
+    from seal_lm.recipes.knowledge_train import TrainConfig, run_train
+
     out = Path(args.resume or args.out or RunDir.new_path("runs", args.command))
-    if args.command == "train":
-        from seal_lm.recipes.knowledge_train import TrainConfig, run_train
-
-        config = config_from_dict(TrainConfig, read_config(out), str(out / "config.json")) if args.resume \
-            else _train_config(args)
-        summary = run_train(config, out, show_progress=not args.no_progress)
+    stored = read_config(out) if args.resume else None
+    domain = stored.get("domain", "knowledge") if stored else getattr(args, "domain", "knowledge")
+    progress = not args.no_progress
+    if domain == "arc":
+        config = config_from_dict(FewShotConfig, stored, str(out)) if stored else _fewshot_config(args)
+        summary = (run_fewshot_train if args.command == "train" else run_fewshot_eval)(config, out, progress)
+    elif args.command == "train":
+        config = config_from_dict(TrainConfig, stored, str(out)) if stored else _train_config(args)
+        summary = run_train(config, out, progress)
     else:
-        from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
-
-        config = config_from_dict(EvalConfig, read_config(out), str(out / "config.json")) if args.resume \
-            else _eval_config(args)
-        summary = run_eval(config, out, show_progress=not args.no_progress, label=f"seal {args.command}")
+        config = config_from_dict(EvalConfig, stored, str(out)) if stored else _eval_config(args)
+        summary = run_eval(config, out, progress, label=f"seal {args.command}")
     print_eval_table(summary)
     for row in summary.get("rounds", []):
-        print(f"round {row['round']}: mean reward {100 * row['mean_reward']:.1f}% vs passage-only "
-              f"{100 * row['mean_baseline']:.1f}%; best self-edit beat it on {row['kept']} of {row['contexts']} passages")
+        print(f"round {row['round']}: mean reward {100 * row['mean_reward']:.1f}% vs baseline "
+              f"{100 * row['mean_baseline']:.1f}%; a self-edit beat it on {row['kept']} of {row['contexts']} contexts")
     print(f"run directory: {out}  (seal report {out} draws the plots)")
     return 0
 
@@ -274,7 +377,7 @@ def _value_in(argv: list[str], flag: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser(_value_in(argv, "--preset"), _value_in(argv, "--mode"))
+        parser = build_parser(_value_in(argv, "--preset"), _value_in(argv, "--mode"), _value_in(argv, "--domain"))
     except SealError as exc:
         print(f"seal: error: {exc}", file=sys.stderr)
         return 2

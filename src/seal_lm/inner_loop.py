@@ -11,6 +11,7 @@ rate schedule. The base model is never modified.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,14 @@ class InnerLoopSettings:
     epochs: int = 10
     batch_size: int = 1
     max_length: int = 2048  # longer sequences are truncated; shorter ones are never padded to it
+    schedule: str = "linear"  # learning rate decays to zero without warm-up: "linear" (HF Trainer's) or "cosine"
     seed: int = 0
+
+    def lr_at(self, step: int, total: int) -> float:
+        progress = step / total
+        if self.schedule == "cosine":
+            return self.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.learning_rate * (1 - progress)
 
     def shape_key(self) -> tuple:
         """Jobs with equal keys can be trained together in one multi-adapter pass."""
@@ -45,11 +53,13 @@ class InnerLoopSettings:
 
 @dataclass(frozen=True)
 class Example:
-    """A prompt and its completion: the loss covers the completion only (policy updates, few-shot
-    output-only training). The prompt is rendered exactly as generation renders it."""
+    """A prompt and its completion, the prompt rendered exactly as generation renders it. The loss
+    covers the completion only (policy updates, few-shot output-only training) unless
+    `train_on_prompt` (few-shot all-token training)."""
 
     prompt: Prompt
     completion: str
+    train_on_prompt: bool = False
 
 
 Sequence_ = str | Example  # plain text is learned whole
@@ -109,7 +119,7 @@ class LoraUpdater:
             if isinstance(item, Example):
                 prompt = encode_prompt(self.loaded, item.prompt)
                 ids = prompt + tokenizer(item.completion, add_special_tokens=False)["input_ids"] + eos
-                out.append(Tokens(ids[:max_length], len(prompt)))
+                out.append(Tokens(ids[:max_length], 0 if item.train_on_prompt else len(prompt)))
             else:
                 out.append(Tokens((tokenizer(item, add_special_tokens=True)["input_ids"] + eos)[:max_length]))
         return [t for t in out if t.n_predicted > 0]
@@ -160,10 +170,9 @@ class LoraUpdater:
                     for k, loss in self._accumulate_gradients(lora, batch, len(jobs)).items():
                         step_losses[k].append(loss)
                     # Adapters without a batch this step have no gradient, so AdamW leaves them and their
-                    # state alone. Learning rates decay linearly to zero without warm-up, per job, as in
-                    # the Hugging Face Trainer that SEAL used.
+                    # state alone. Each job's learning rate follows its own schedule.
                     for k in active:
-                        optimizer.param_groups[k]["lr"] = settings[k].learning_rate * (1 - step / len(schedules[k]))
+                        optimizer.param_groups[k]["lr"] = settings[k].lr_at(step, len(schedules[k]))
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             finally:

@@ -506,7 +506,7 @@ def _example_pairs(evals: list[dict[str, Any]], rollouts: list[dict[str, Any]], 
     before = {}
     after: dict[str, dict[str, Any]] = {}
     for r in self_edit:
-        pid = str(r.get("passage_id", "?"))
+        pid = str(r.get("passage_id", r.get("context_id", "?")))
         rnd = _round_of(r)
         if rnd == 0:
             before.setdefault(pid, r)
@@ -651,7 +651,7 @@ def write_report(run_dir: str | Path) -> Path:
         summary = None
 
     evals = _dedupe([r for r in records if _kind_of(r) == "eval"],
-                    key=lambda r: (_round_of(r), r.get("passage_id"), r.get("condition")))
+                    key=lambda r: (_round_of(r), r.get("passage_id", r.get("context_id")), r.get("condition")))
     rollouts = _dedupe([r for r in records if _kind_of(r) == "rollout"],
                        key=lambda r: (_round_of(r), r.get("context_id")))
     sfts = _dedupe([r for r in records if _kind_of(r) == "sft"], key=_round_of)

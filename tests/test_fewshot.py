@@ -1,0 +1,113 @@
+"""Few-shot self-edits (JSON configurations), test-time training jobs, voted prediction, and the
+`--domain arc` commands, on the tiny random model."""
+
+import json
+
+import pytest
+
+from seal_lm.cli import main
+from seal_lm.domains.fewshot.augment import voting_augmentations
+from seal_lm.domains.fewshot.tasks import procedural_tasks
+from seal_lm.domains.fewshot.ttt import predict, ttt_job
+from seal_lm.formats.fewshot import parse_config, self_edit_prompt
+from seal_lm.generation import HFGenerator
+from seal_lm.inner_loop import Example, InnerLoopSettings
+from seal_lm.recipes.fewshot import FewShotConfig, FewShotDomain
+
+VALID = '{"augmentations": ["basic", "size"], "loss": "output", "learning_rate": 0.001, "epochs": 2}'
+
+
+@pytest.mark.parametrize("text, status, error", [
+    (VALID, "ok", ""),
+    (f"Sure! Here it is:\n```json\n{VALID}\n```\nGood luck.", "ok", ""),
+    ("I would rotate the grids.", "invalid-json", "no JSON object"),
+    ('{"augmentations": ["basic"], "loss": "output",', "invalid-json", "not valid JSON"),
+    ('{"augmentations": __import__("os").system("echo hi")}', "invalid-json", "not valid JSON"),
+    ('{"augmentations": ["basic"], "loss": "output", "learning_rate": 0.5, "epochs": 2}', "invalid-config",
+     "learning_rate must be"),
+    ('{"augmentations": ["spin"], "loss": "output", "learning_rate": 0.001, "epochs": 2}', "invalid-config",
+     "augmentations must be"),
+    ('{"augmentations": [], "loss": "output", "learning_rate": 0.001, "epochs": true}', "invalid-config",
+     "epochs must be"),
+    ('{"augmentations": [], "loss": "output", "learning_rate": 0.001}', "invalid-config", "missing field(s) epochs"),
+    ('{"augmentations": [], "loss": "some", "learning_rate": 0.001, "epochs": 1}', "invalid-config", "loss must be"),
+])
+def test_self_edits_are_parsed_as_data_against_a_bounded_schema(text, status, error):
+    parsed = parse_config(text)
+    assert parsed.status == status and error in parsed.error
+    assert (parsed.config is not None) == (status == "ok")
+    if parsed.config:
+        assert parsed.config.augmentations == ("basic", "size") and parsed.config.epochs == 2
+
+
+def test_the_self_edit_prompt_shows_the_demonstrations_and_the_schema():
+    task = procedural_tasks(1, seed=3)[0]
+    text = self_edit_prompt(task).messages[0][1]
+    assert "Input:" in text and '"augmentations"' in text and '"basic"' in text and "epochs" in text
+
+
+def test_a_configuration_becomes_one_ttt_job_with_its_own_settings():
+    task = procedural_tasks(1, seed=3)[0]
+    config = parse_config(VALID).config
+    job = ttt_job(task, config, InnerLoopSettings(rank=4, alpha=4, schedule="cosine"), max_examples=5, seed=1)
+    assert 1 <= len(job.sequences) <= 5 and all(isinstance(x, Example) for x in job.sequences)
+    assert not any(x.train_on_prompt for x in job.sequences)  # loss "output"
+    assert job.settings.learning_rate == 0.001 and job.settings.epochs == 2 and job.settings.schedule == "cosine"
+    all_tokens = parse_config(VALID.replace('"output"', '"all"')).config
+    assert all(x.train_on_prompt for x in ttt_job(task, all_tokens, job.settings, 5, 1).sequences)
+    assert ttt_job(task, config, job.settings, 5, 1).sequences == job.sequences  # seeded
+
+
+def test_voted_predictions_never_crash_on_garbage_output(tiny):
+    tasks = procedural_tasks(2, seed=5, max_size=4)
+    predictions = predict(HFGenerator(tiny), tasks, [None, None], voting_augmentations())
+    assert len(predictions) == 2
+    for grid in predictions:  # a random model writes garbage: None, or a parsed grid
+        assert grid is None or (isinstance(grid, tuple) and all(isinstance(r, tuple) for r in grid))
+
+
+def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
+    domain = FewShotDomain(FewShotConfig(procedural_count=2, max_examples=3,
+                                         ttt=InnerLoopSettings(rank=4, alpha=4, batch_size=2, schedule="cosine")))
+    tasks = list(domain.training_contexts())
+    scored = domain.score(tiny, tasks, [[VALID, "no idea"], ["{bad"]], repeats=1, seed=0)
+    assert [s.details["status"] for s in scored] == [["ok", "invalid-json"], ["invalid-json"]]
+    assert scored[0].rewards[1] == 0.0 and scored[1].rewards == [0.0]
+    assert all(r in (0.0, 1.0) for s in scored for r in s.rewards) and all(s.baseline == 0.0 for s in scored)
+
+
+ARC = ["--domain", "arc", "--procedural-count", "2", "--max-examples", "3", "--lora-rank", "4", "--lora-alpha", "4",
+       "--max-new-tokens", "24", "--no-progress"]
+
+
+def _lines(path):
+    return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+
+
+def test_arc_eval_prints_icl_ttt_and_oracle_rows(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "arc"
+    assert main(["eval", *ARC, "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("in-context learning", "TTT + self-edit", "oracle TTT (best of 4"):
+        assert label in printed
+    records = _lines(out)
+    assert sorted(r["condition"] for r in records) == ["icl", "icl", "oracle", "oracle", "ttt", "ttt"]
+    ttt = next(r for r in records if r["condition"] == "ttt")
+    assert ttt["self_edits"][0]["status"] in ("ok", "invalid-json", "invalid-config")
+    assert len(next(r for r in records if r["condition"] == "oracle")["self_edits"]) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grader"] == "exact" and summary["conditions"]["icl"]["passages"] == 2
+    assert sum(summary["conditions"]["ttt"]["self_edit_status"].values()) == 2
+
+
+def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "arc-train"
+    args = ["train", *ARC, "--model", str(tiny_model_dir), "--out", str(out), "--rounds", "1", "--tasks-per-round", "2",
+            "--samples", "2", "--conditions", "icl,ttt"]
+    assert main(args) == 0
+    assert "SEAL round 1" in capsys.readouterr().out
+    kinds = [r["kind"] for r in _lines(out)]
+    assert kinds.count("rollout") == 2 and kinds.count("sft") == 1
+    assert json.loads((out / "config.json").read_text())["domain"] == "arc"
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # reads the domain from the run
+    assert len(_lines(out)) == len(kinds)
