@@ -111,3 +111,14 @@ def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_mode
     assert json.loads((out / "config.json").read_text())["domain"] == "arc"
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # reads the domain from the run
     assert len(_lines(out)) == len(kinds)
+
+
+def test_arc_report_draws_grids_of_tasks(tiny_model_dir, tmp_path):
+    out = tmp_path / "arc-report"
+    assert main(["eval", *ARC, "--model", str(tiny_model_dir), "--out", str(out), "--conditions", "icl",
+                 "--procedural-count", "1"]) == 0
+    record, = _lines(out)
+    assert record["expected"] and record["test_input"] and len(record["predictions"]) == 1
+    assert main(["report", str(out)]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "Grid tasks" in page and 'class="grid"' in page and "true output" in page

