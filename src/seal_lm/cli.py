@@ -9,11 +9,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from seal_lm.errors import SealError
-from seal_lm.formats.knowledge import DEFAULT_FORMAT, FORMATS
+from seal_lm.formats.knowledge import FORMATS
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from seal_lm.recipes.fewshot import FewShotConfig
     from seal_lm.recipes.knowledge_eval import EvalConfig
     from seal_lm.recipes.knowledge_train import TrainConfig
+    from seal_lm.recipes.rest_em import RestEmSettings
 
 DEMO_PASSAGES = 6
 
@@ -150,17 +150,7 @@ def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: 
     group.add_argument("--adapters-per-pass", type=int, default=d.adapters_per_pass,
                        help=f"test-time trainings run together in one pass (default {d.adapters_per_pass})")
     if train:
-        r = d.rest_em
-        group = parser.add_argument_group("ReST-EM outer loop (defaults are the paper's)")
-        group.add_argument("--rounds", type=int, default=r.rounds, help=f"RL rounds (default {r.rounds})")
-        group.add_argument("--tasks-per-round", type=int, default=r.contexts_per_round,
-                           help=f"training tasks per round (default {r.contexts_per_round})")
-        group.add_argument("--samples", type=int, default=r.samples_per_context,
-                           help=f"configurations sampled per training task (default {r.samples_per_context})")
-        group.add_argument("--policy-lr", type=float, default=r.policy_update.learning_rate,
-                           help=f"policy update learning rate (default {r.policy_update.learning_rate})")
-        group.add_argument("--policy-epochs", type=int, default=r.policy_update.epochs,
-                           help=f"policy update epochs (default {r.policy_update.epochs})")
+        _add_rest_em_args(parser, d.rest_em, "task", "0 (any solve counts)")
     _add_run_args(parser)
     _add_model_args(parser, d.model)
 
@@ -169,7 +159,7 @@ def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
     from seal_lm.recipes.fewshot import FewShotConfig, preset
 
     base = preset(getattr(args, "preset", None) or "paper") if args.command == "train" else FewShotConfig()
-    ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())  # noqa: E731
+    ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())
     config = dataclasses.replace(
         base,
         tasks=getattr(args, "tasks", base.tasks), task_ids=ids(getattr(args, "task_ids", "")),
@@ -183,10 +173,7 @@ def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
         tasks_per_batch=args.tasks_per_batch, adapters_per_pass=args.adapters_per_pass,
     )
     if args.command == "train":
-        config.rest_em = dataclasses.replace(
-            base.rest_em, rounds=args.rounds, contexts_per_round=args.tasks_per_round, samples_per_context=args.samples,
-            policy_update=dataclasses.replace(base.rest_em.policy_update, learning_rate=args.policy_lr,
-                                              epochs=args.policy_epochs))
+        config.rest_em = _rest_em_settings(args, base.rest_em)
     return config
 
 
@@ -197,24 +184,28 @@ def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
                        help="passages the policy learns from (default: demo corpus, train split)")
     group.add_argument("--train-skip", type=int, default=d.train_skip, help="leave out the first N training passages")
     group.add_argument("--train-limit", type=int, default=d.train_limit, help="use only the first N training passages")
-    r = d.rest_em
-    group = parser.add_argument_group("ReST-EM outer loop (defaults are the paper's)")
+    _add_rest_em_args(parser, d.rest_em, "passage", "training on the passage alone")
+
+
+def _add_rest_em_args(parser: argparse.ArgumentParser, r: RestEmSettings, unit: str, baseline: str) -> None:
+    """The outer loop's options, the same for every domain (`unit`: what a training context is called)."""
+    group = parser.add_argument_group("ReST-EM outer loop")
     group.add_argument("--rounds", type=int, default=r.rounds, help=f"RL rounds (default {r.rounds})")
-    group.add_argument("--passages-per-round", type=int, default=r.contexts_per_round,
-                       help=f"training passages per round; round r takes the next ones (default {r.contexts_per_round})")
+    group.add_argument(f"--{unit}s-per-round", dest="per_round", type=int, default=r.contexts_per_round,
+                       help=f"training {unit}s per round; round r takes the next ones (default {r.contexts_per_round})")
     group.add_argument("--samples", type=int, default=r.samples_per_context,
-                       help=f"self-edits sampled per training passage (K, default {r.samples_per_context})")
+                       help=f"self-edits sampled per training {unit} (K, default {r.samples_per_context})")
     group.add_argument("--reward-repeats", type=int, default=r.reward_repeats,
                        help=f"inner loops averaged per reward (default {r.reward_repeats})")
     group.add_argument("--keep", choices=["best", "positive", "top-k"], default=r.keep,
-                       help="which self-edits train the policy: the best per passage if it beats training on the "
-                            f"passage alone, all that beat it, or the --keep-k best that beat it (default {r.keep})")
+                       help=f"which self-edits train the policy: the best per {unit} if it beats the baseline "
+                            f"({baseline}), all that beat it, or the --keep-k best that beat it (default {r.keep})")
     group.add_argument("--keep-k", type=int, default=r.keep_k, help=f"k for --keep top-k (default {r.keep_k})")
     group.add_argument("--adapt", choices=["policy", "base"], default=r.adapt,
                        help="which model the inner loop adapts: the current policy, as in the paper, or the "
                             f"original model (default {r.adapt})")
-    group.add_argument("--passages-per-rollout-batch", type=int, default=r.contexts_per_batch,
-                       help=f"training passages sampled and scored together (default {r.contexts_per_batch})")
+    group.add_argument(f"--{unit}s-per-rollout-batch", dest="per_rollout_batch", type=int, default=r.contexts_per_batch,
+                       help=f"training {unit}s sampled and scored together (default {r.contexts_per_batch})")
     p = r.policy_update
     group = parser.add_argument_group("policy update (LoRA SFT on kept self-edits, merged after each round)")
     group.add_argument("--policy-lr", type=float, default=p.learning_rate, help=f"default {p.learning_rate}")
@@ -222,6 +213,16 @@ def _add_train_args(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     group.add_argument("--policy-batch-size", type=int, default=p.batch_size, help=f"default {p.batch_size}")
     group.add_argument("--policy-rank", type=int, default=p.rank, help=f"default {p.rank}")
     group.add_argument("--policy-alpha", type=int, default=p.alpha, help=f"default {p.alpha}")
+
+
+def _rest_em_settings(args: argparse.Namespace, base: RestEmSettings) -> RestEmSettings:
+    return dataclasses.replace(
+        base, rounds=args.rounds, contexts_per_round=args.per_round, samples_per_context=args.samples,
+        reward_repeats=args.reward_repeats, keep=args.keep, keep_k=args.keep_k, adapt=args.adapt,
+        contexts_per_batch=args.per_rollout_batch,
+        policy_update=dataclasses.replace(base.policy_update, rank=args.policy_rank, alpha=args.policy_alpha,
+                                          learning_rate=args.policy_lr, epochs=args.policy_epochs,
+                                          batch_size=args.policy_batch_size))
 
 
 def build_parser(preset_name: str | None = None, mode: str | None = None,
@@ -311,22 +312,14 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from seal_lm.recipes.knowledge_train import TrainConfig
-    from seal_lm.recipes.rest_em import RestEmSettings
+    from seal_lm.recipes.knowledge_train import TrainConfig, preset
 
     return TrainConfig(
         eval=_eval_config(args),
         train_data=args.train_data,
         train_skip=args.train_skip,
         train_limit=args.train_limit,
-        rest_em=RestEmSettings(
-            rounds=args.rounds, contexts_per_round=args.passages_per_round, samples_per_context=args.samples,
-            reward_repeats=args.reward_repeats, keep=args.keep, keep_k=args.keep_k, adapt=args.adapt,
-            contexts_per_batch=args.passages_per_rollout_batch,
-            policy_update=InnerLoopSettings(rank=args.policy_rank, alpha=args.policy_alpha,
-                                            learning_rate=args.policy_lr, epochs=args.policy_epochs,
-                                            batch_size=args.policy_batch_size),
-        ),
+        rest_em=_rest_em_settings(args, preset(getattr(args, "preset", None) or "paper").rest_em),
     )
 
 

@@ -37,6 +37,17 @@ class Passage:
         return hashlib.sha1(f"{self.title}\n{self.context}".encode()).hexdigest()[:12]
 
 
+def select_passages(path: str | None, demo_split: str, skip: int = 0, limit: int | None = None) -> list[Passage]:
+    """Passages from a file (or the demo corpus' split when `path` is None), minus the first `skip`,
+    at most `limit`; an empty selection is an error naming the source."""
+    passages = load_passages(path) if path else load_demo_corpus(demo_split)
+    selected = passages[skip:][:limit] if limit else passages[skip:]
+    if not selected:
+        raise SealError(f"{path or f'demo corpus ({demo_split})'}: no passages selected "
+                        f"(it has {len(passages)}; skip {skip}, limit {limit})")
+    return selected
+
+
 def load_passages(path: str | Path) -> list[Passage]:
     """Read a SEAL-grouping or SQuAD v1.1 JSON file."""
     path = Path(path)

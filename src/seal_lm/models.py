@@ -93,7 +93,7 @@ def convert_gguf(gguf: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unusable
+    except Exception as exc:
         raise SealError(f"could not read GGUF model {gguf}: {_first_line(exc)}") from exc
     # Loaded from GGUF, the model is flagged as quantized; the weights are already plain float32.
     model.hf_quantizer = None
@@ -169,7 +169,7 @@ def load_model(settings: ModelSettings | str = EMBEDDED_MODEL) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=settings.trust_remote_code
         )
-    except Exception as exc:  # noqa: BLE001 - report any loader failure as one line naming the source
+    except Exception as exc:
         raise SealError(f"could not load model {settings.name} (from {source}): {_first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

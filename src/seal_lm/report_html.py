@@ -20,6 +20,7 @@ from typing import Any
 from seal_lm.errors import SealError
 from seal_lm.runs import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE
 from seal_lm.stats import Estimate, mean_with_interval
+
 REPORT_DIR = "report"
 
 CONDITION_ORDER = ("base", "passage", "self-edit", "teacher")

@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from seal_lm.data import Passage, load_demo_corpus, load_passages
+from seal_lm.data import Passage, select_passages
 from seal_lm.domains.knowledge import SelfEdit, answer_questions, write_self_edits
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_sequences
@@ -91,12 +91,7 @@ def cpt_defaults() -> EvalConfig:
 
 
 def load_eval_passages(config: EvalConfig) -> list[Passage]:
-    passages = load_passages(config.data) if config.data else load_demo_corpus("validation")
-    passages = passages[config.skip :]
-    passages = passages[: config.limit] if config.limit else passages
-    if not passages:
-        raise SealError(f"{config.data or 'demo corpus'}: no passages to evaluate")
-    return passages
+    return select_passages(config.data, "validation", config.skip, config.limit)
 
 
 class KnowledgeEvaluator:

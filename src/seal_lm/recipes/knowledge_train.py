@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seal_lm.data import Passage, load_demo_corpus, load_passages
+from seal_lm.data import Passage, select_passages
 from seal_lm.domains.knowledge import answer_questions
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import get_format, parse_completion, training_sequences
@@ -65,15 +65,6 @@ def preset(name: str) -> TrainConfig:
 PRESETS = ("paper", "cpu-demo")
 
 
-def load_training_passages(config: TrainConfig) -> list[Passage]:
-    passages = load_passages(config.train_data) if config.train_data else load_demo_corpus("train")
-    passages = passages[config.train_skip :]
-    passages = passages[: config.train_limit] if config.train_limit else passages
-    if not passages:
-        raise SealError(f"{config.train_data or 'demo corpus'}: no training passages")
-    return passages
-
-
 class KnowledgeDomain:
     """Knowledge incorporation as the outer loop sees it (see `rest_em.Domain`)."""
 
@@ -81,7 +72,7 @@ class KnowledgeDomain:
         self.config = config
         self.fmt = get_format(config.eval.format)
         self.sampling = config.eval.self_edit_sampling
-        self._passages = load_training_passages(config)
+        self._passages = select_passages(config.train_data, "train", config.train_skip, config.train_limit)
 
     def training_contexts(self) -> Sequence[Passage]:
         return self._passages
