@@ -76,7 +76,7 @@ def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
     assert all(r in (0.0, 1.0) for s in scored for r in s.rewards) and all(s.baseline == 0.0 for s in scored)
 
 
-ARC = ["--domain", "arc", "--procedural-count", "2", "--max-examples", "3", "--lora-rank", "4", "--lora-alpha", "4",
+ARC = ["--domain", "arc", "--procedural-count", "2", "--procedural-max-size", "4", "--max-examples", "3", "--lora-rank", "4", "--lora-alpha", "4",
        "--max-new-tokens", "24", "--no-progress"]
 
 

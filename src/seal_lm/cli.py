@@ -110,8 +110,8 @@ def _add_domain_arg(parser: argparse.ArgumentParser, domain: str | None) -> None
 
 def _add_preset_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["paper", "cpu-demo"], default=None,
-                        help="start from a named configuration (flags override it): paper (default) or cpu-demo "
-                             "(the whole loop on the embedded model in under 30 min on a CPU)")
+                        help="start from a named configuration (flags override it): paper (the paper's data and "
+                             "settings) or cpu-demo (CPU-sized: the whole loop on the embedded model in under 30 min)")
 
 
 def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: bool) -> None:
@@ -131,6 +131,8 @@ def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: 
                        help=f"procedural tasks per split (default {d.procedural_count})")
     group.add_argument("--procedural-seed", type=int, default=d.procedural_seed,
                        help="seed of the procedural training tasks; evaluation tasks use seed + 1")
+    group.add_argument("--procedural-max-size", type=int, default=d.procedural_max_size,
+                       help=f"largest procedural grid side, from 3 (default {d.procedural_max_size})")
     group.add_argument("--limit", type=int, default=d.limit, help="evaluate only the first N tasks")
     group = parser.add_argument_group("self-edits and test-time training")
     group.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated subset of icl,ttt,oracle")
@@ -142,6 +144,8 @@ def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: 
                        help=f"length limit of a self-edit (default {d.self_edit_sampling.max_new_tokens})")
     group.add_argument("--max-examples", type=int, default=d.max_examples,
                        help=f"test-time training examples per task (default {d.max_examples})")
+    group.add_argument("--max-epochs", type=int, default=d.max_epochs,
+                       help=f"largest number of epochs a self-edit may choose, at most 10 (default {d.max_epochs})")
     group.add_argument("--lora-rank", type=int, default=d.ttt.rank, help=f"TTT LoRA rank (default {d.ttt.rank})")
     group.add_argument("--lora-alpha", type=int, default=d.ttt.alpha, help=f"TTT LoRA alpha (default {d.ttt.alpha})")
     group.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
@@ -158,13 +162,14 @@ def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: 
 def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
     from seal_lm.recipes.fewshot import FewShotConfig, preset
 
-    base = preset(getattr(args, "preset", None) or "paper") if args.command == "train" else FewShotConfig()
+    base = preset(args.preset) if args.preset else FewShotConfig()
     ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())
     config = dataclasses.replace(
         base,
         tasks=getattr(args, "tasks", base.tasks), task_ids=ids(getattr(args, "task_ids", "")),
         eval_tasks=args.eval_tasks, eval_task_ids=ids(args.eval_task_ids), eval_solutions=args.eval_solutions,
-        procedural_count=args.procedural_count, procedural_seed=args.procedural_seed, limit=args.limit,
+        procedural_count=args.procedural_count, procedural_seed=args.procedural_seed,
+        procedural_max_size=args.procedural_max_size, limit=args.limit, max_epochs=args.max_epochs,
         model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code), seed=args.seed,
         conditions=ids(args.conditions), self_edits_per_task=args.self_edits,
         self_edit_sampling=dataclasses.replace(base.self_edit_sampling, temperature=args.temperature,
@@ -249,7 +254,8 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
     )
     _add_domain_arg(ev, domain)
     if domain == "arc":
-        _add_fewshot_args(ev, fewshot_preset("paper") if preset_name == "paper" else FewShotConfig(), train=False)
+        _add_preset_arg(ev)
+        _add_fewshot_args(ev, fewshot_preset(preset_name) if preset_name else FewShotConfig(), train=False)
     else:
         _add_eval_args(ev, cpt_defaults() if mode == "cpt" else EvalConfig(), with_data=True, with_mode=True)
     demo = sub.add_parser(
@@ -269,7 +275,7 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
     _add_domain_arg(train, domain)
     if domain == "arc":
         _add_preset_arg(train)
-        _add_fewshot_args(train, fewshot_preset(preset_name or "paper"), train=True)
+        _add_fewshot_args(train, fewshot_preset(preset_name) if preset_name else FewShotConfig(), train=True)
     else:
         _add_train_args(train, config)
         _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")

@@ -42,7 +42,7 @@ class ParsedConfig:
     error: str = ""
 
 
-def self_edit_prompt(task: Task) -> Prompt:
+def self_edit_prompt(task: Task, max_epochs: int = EPOCH_BOUNDS[1]) -> Prompt:
     """Show the demonstrations and ask for a training configuration as JSON (nothing else)."""
     shown = "\n\n".join(f"Input:\n{grid_to_text(x)}\nOutput:\n{grid_to_text(y)}" for x, y in task.train)
     request = (
@@ -54,13 +54,14 @@ def self_edit_prompt(task: Task) -> Prompt:
         "rotating, flipping, resizing or recolouring the examples);\n"
         '"loss": "all" (learn whole examples) or "output" (learn only the output grids);\n'
         f'"learning_rate": a number from {LEARNING_RATE_BOUNDS[0]:g} to {LEARNING_RATE_BOUNDS[1]:g};\n'
-        f'"epochs": an integer from {EPOCH_BOUNDS[0]} to {EPOCH_BOUNDS[1]}.'
+        f'"epochs": an integer from {EPOCH_BOUNDS[0]} to {max_epochs}.'
     )
     return Prompt(messages=(("user", request),), text=f"{request}\n\nConfiguration:\n")
 
 
-def parse_config(completion: str) -> ParsedConfig:
-    """The first JSON object in the completion, checked field by field against the schema."""
+def parse_config(completion: str, max_epochs: int = EPOCH_BOUNDS[1]) -> ParsedConfig:
+    """The first JSON object in the completion, checked field by field against the schema
+    (`max_epochs` lowers the epoch bound, e.g. to keep CPU runs short)."""
     start = completion.find("{")
     if start < 0:
         return ParsedConfig(None, "invalid-json", "no JSON object")
@@ -70,7 +71,7 @@ def parse_config(completion: str) -> ParsedConfig:
         return ParsedConfig(None, "invalid-json", f"not valid JSON ({exc.msg})")
     if not isinstance(raw, dict):
         return ParsedConfig(None, "invalid-json", "not a JSON object")
-    problem = _check(raw)
+    problem = _check(raw, max_epochs)
     if problem:
         return ParsedConfig(None, "invalid-config", problem)
     config = TTTConfig(tuple(dict.fromkeys(raw["augmentations"])), raw["loss"], float(raw["learning_rate"]),
@@ -78,7 +79,7 @@ def parse_config(completion: str) -> ParsedConfig:
     return ParsedConfig(config, "ok")
 
 
-def _check(raw: dict) -> str:
+def _check(raw: dict, max_epochs: int) -> str:
     """The first schema violation, as a one-line message; empty when the object is valid."""
     missing = [f for f in _FIELDS if f not in raw]
     if missing:
@@ -95,6 +96,6 @@ def _check(raw: dict) -> str:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not LEARNING_RATE_BOUNDS[0] <= lr <= LEARNING_RATE_BOUNDS[1]:
         return f"learning_rate must be a number in [{LEARNING_RATE_BOUNDS[0]:g}, {LEARNING_RATE_BOUNDS[1]:g}]"
     epochs = raw["epochs"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or not EPOCH_BOUNDS[0] <= epochs <= EPOCH_BOUNDS[1]:
-        return f"epochs must be an integer in [{EPOCH_BOUNDS[0]}, {EPOCH_BOUNDS[1]}]"
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not EPOCH_BOUNDS[0] <= epochs <= max_epochs:
+        return f"epochs must be an integer in [{EPOCH_BOUNDS[0]}, {max_epochs}]"
     return ""

@@ -70,6 +70,7 @@ class FewShotConfig:
     eval_solutions: str | None = None  # solutions file for an ARC JSON challenges file
     procedural_count: int = 12  # procedural tasks per split (training: seed, evaluation: seed + 1)
     procedural_seed: int = 0
+    procedural_max_size: int = 8  # largest procedural grid side (3 to 8 by default)
     limit: int | None = None  # evaluate only the first N tasks
     model: ModelSettings = field(default_factory=ModelSettings)
     seed: int = 0
@@ -79,6 +80,7 @@ class FewShotConfig:
     self_edits_per_task: int = 1  # eval: configurations sampled per task; success is averaged over them
     ttt: InnerLoopSettings = field(default_factory=ttt_defaults)
     max_examples: int = 250  # test-time training examples per task (paper: 250)
+    max_epochs: int = 10  # upper bound on the epochs a self-edit may ask for
     oracle_configs: tuple[str, ...] = ORACLE_CONFIGS
     tasks_per_batch: int = 4
     adapters_per_pass: int = 16
@@ -91,8 +93,10 @@ class FewShotConfig:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise SealError(f"unknown condition(s) {', '.join(unknown)} for the arc domain (choose from: {', '.join(CONDITIONS)})")
+        if not 1 <= self.max_epochs <= 10:
+            raise SealError(f"max_epochs must be in [1, 10] (got {self.max_epochs})")
         for text in self.oracle_configs:
-            parsed = parse_config(text)
+            parsed = parse_config(text, self.max_epochs)
             if parsed.config is None:
                 raise SealError(f"oracle configuration {text}: {parsed.error}")
         if min(self.self_edits_per_task, self.tasks_per_batch, self.adapters_per_pass, self.max_examples) < 1:
@@ -104,23 +108,27 @@ class FewShotConfig:
 
 
 def preset(name: str) -> FewShotConfig:
+    """Named starting configurations; command-line flags override them. Without one: procedural tasks
+    with the paper's settings."""
     if name == "paper":
         return FewShotConfig(tasks="seal-train", eval_tasks="seal-eval")
     if name == "cpu-demo":
-        # Procedural tasks on 2 CPU cores in under 30 minutes: fewer tasks, samples and examples.
+        # Procedural tasks on 2 CPU cores: fewer and smaller tasks, fewer samples, examples and epochs.
         return FewShotConfig(
-            procedural_count=6, max_examples=12, self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0,
-                                                                                   max_new_tokens=96),
-            rest_em=RestEmSettings(rounds=2, contexts_per_round=6, samples_per_context=4, reward_repeats=1,
-                                   keep="positive", contexts_per_batch=3, policy_update=policy_update_defaults()),
+            procedural_count=5, procedural_max_size=5, max_examples=12, max_epochs=5,
+            oracle_configs=ORACLE_CONFIGS[:2],
+            self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=96),
+            rest_em=RestEmSettings(rounds=2, contexts_per_round=5, samples_per_context=3, reward_repeats=1,
+                                   keep="positive", contexts_per_batch=5, policy_update=policy_update_defaults()),
         )
     raise SealError(f"unknown preset '{name}' (choose one of: paper, cpu-demo)")
 
 
-def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None) -> list[Task]:
+def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None,
+               max_size: int = 8) -> list[Task]:
     """Tasks from a named source (procedural, the paper's subsets, ARC-AGI-1 splits) or an ARC JSON file."""
     if source == "procedural":
-        return procedural_tasks(count, seed)
+        return procedural_tasks(count, seed, max_size=max_size)
     if source in ("seal-train", "seal-eval"):
         return load_seal_subset(None, source.removeprefix("seal-"))
     if source in ("arc-training", "arc-evaluation"):
@@ -138,9 +146,10 @@ class FewShotDomain:
         self.config = config
         self.sampling = config.self_edit_sampling
         self.views = voting_augmentations()
-        self._train = load_tasks(config.tasks, config.task_ids, config.procedural_count, config.procedural_seed)
+        self._train = load_tasks(config.tasks, config.task_ids, config.procedural_count, config.procedural_seed,
+                                 max_size=config.procedural_max_size)
         evaluated = load_tasks(config.eval_tasks, config.eval_task_ids, config.procedural_count,
-                               config.procedural_seed + 1, config.eval_solutions)
+                               config.procedural_seed + 1, config.eval_solutions, config.procedural_max_size)
         self.eval_tasks = [t for t in evaluated if t.test_output is not None][: config.limit or None]
         if not self.eval_tasks:
             raise SealError(f"{config.eval_tasks}: no evaluation tasks with a known test output")
@@ -149,7 +158,7 @@ class FewShotDomain:
         return self._train
 
     def self_edit_prompt(self, context: Task) -> Prompt:
-        return self_edit_prompt(context)
+        return self_edit_prompt(context, self.config.max_epochs)
 
     def solve(self, model: LoadedModel, tasks: Sequence[Task], configs: Sequence[TTTConfig | None],
               seed: int) -> tuple[list[float], list[Grid | None]]:
@@ -172,7 +181,7 @@ class FewShotDomain:
 
     def score(self, model: LoadedModel, contexts: Sequence[Task], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
-        parsed = [[parse_config(c) for c in outs] for outs in completions]
+        parsed = [[parse_config(c, self.config.max_epochs) for c in outs] for outs in completions]
         flat_tasks = [t for t, ps in zip(contexts, parsed) for _ in ps]
         flat_configs = [p.config for ps in parsed for p in ps]
         runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r)[0] for r in range(repeats)]
@@ -214,8 +223,8 @@ class FewShotDomain:
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
                 params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
-                texts = HFGenerator(model).generate([self_edit_prompt(t) for t in tasks], params)
-            parsed = [[parse_config(x) for x in outs] for outs in texts]
+                texts = HFGenerator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
+            parsed = [[parse_config(x, self.config.max_epochs) for x in outs] for outs in texts]
             flat, flat_predicted = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
                                               [p.config for ps in parsed for p in ps], seed)
             solved, predicted, n = [], [], 0
