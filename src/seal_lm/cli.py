@@ -117,6 +117,7 @@ def _add_preset_arg(parser: argparse.ArgumentParser) -> None:
 def _add_fewshot_args(parser: argparse.ArgumentParser, d: FewShotConfig, train: bool) -> None:
     from seal_lm.recipes.fewshot import TASK_SOURCES
 
+    _add_preset_arg(parser)
     sources = ", ".join(TASK_SOURCES)
     group = parser.add_argument_group("tasks")
     if train:
@@ -252,10 +253,10 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
                     "after LoRA on the passage plus the model's own self-edit, and optionally plus a teacher's "
                     "self-edit. Writes config.json, results.jsonl and summary.json to the run directory.",
     )
+    arc = (fewshot_preset(preset_name) if preset_name else FewShotConfig()) if domain == "arc" else None
     _add_domain_arg(ev, domain)
-    if domain == "arc":
-        _add_preset_arg(ev)
-        _add_fewshot_args(ev, fewshot_preset(preset_name) if preset_name else FewShotConfig(), train=False)
+    if arc:
+        _add_fewshot_args(ev, arc, train=False)
     else:
         _add_eval_args(ev, cpt_defaults() if mode == "cpt" else EvalConfig(), with_data=True, with_mode=True)
     demo = sub.add_parser(
@@ -264,7 +265,6 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
                     "validation passages (invented facts no model can know) and prints the table.",
     )
     _add_eval_args(demo, EvalConfig(limit=DEMO_PASSAGES), with_data=False)
-    config = preset(preset_name or "paper") if domain != "arc" else None
     train = sub.add_parser(
         "train", help="ReST-EM: teach the model to write better self-edits (all rounds in one command)",
         description="Each round: sample self-edits for training passages, score each by an inner loop "
@@ -273,10 +273,10 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
                     "passages. Prints base / passage / passage + self-edit / SEAL round 1 / SEAL round 2 ...",
     )
     _add_domain_arg(train, domain)
-    if domain == "arc":
-        _add_preset_arg(train)
-        _add_fewshot_args(train, fewshot_preset(preset_name) if preset_name else FewShotConfig(), train=True)
+    if arc:
+        _add_fewshot_args(train, arc, train=True)
     else:
+        config = preset(preset_name or "paper")
         _add_train_args(train, config)
         _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")
     report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
