@@ -167,12 +167,12 @@ def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
     ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())
     config = dataclasses.replace(
         base,
-        tasks=getattr(args, "tasks", base.tasks), task_ids=ids(getattr(args, "task_ids", "")),
-        eval_tasks=args.eval_tasks, eval_task_ids=ids(args.eval_task_ids), eval_solutions=args.eval_solutions,
+        tasks=getattr(args, "tasks", base.tasks), task_ids=_comma_list(getattr(args, "task_ids", "")),
+        eval_tasks=args.eval_tasks, eval_task_ids=_comma_list(args.eval_task_ids), eval_solutions=args.eval_solutions,
         procedural_count=args.procedural_count, procedural_seed=args.procedural_seed,
         procedural_max_size=args.procedural_max_size, limit=args.limit, max_epochs=args.max_epochs,
         model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code), seed=args.seed,
-        conditions=ids(args.conditions), self_edits_per_task=args.self_edits,
+        conditions=_comma_list(args.conditions), self_edits_per_task=args.self_edits,
         self_edit_sampling=dataclasses.replace(base.self_edit_sampling, temperature=args.temperature,
                                                max_new_tokens=args.max_new_tokens),
         max_examples=args.max_examples, ttt=dataclasses.replace(base.ttt, rank=args.lora_rank, alpha=args.lora_alpha),
@@ -291,10 +291,10 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
     teacher = getattr(args, "teacher", None)
     if getattr(args, "conditions", None):
-        conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+        conditions = _comma_list(args.conditions)
     else:
         conditions = ("base", "passage", "self-edit") + (("teacher",) if teacher else ())
-    targets = args.target_modules if args.target_modules == "all-linear" else tuple(args.target_modules.split(","))
+    targets = args.target_modules if args.target_modules == "all-linear" else _comma_list(args.target_modules)
     return EvalConfig(
         data=getattr(args, "data", None),
         skip=getattr(args, "skip", 0),
@@ -361,6 +361,10 @@ def _run_command(args: argparse.Namespace) -> int:
               f"{100 * row['mean_baseline']:.1f}%; a self-edit beat it on {row['kept']} of {row['contexts']} contexts")
     print(f"run directory: {out}  (seal report {out} draws the plots)")
     return 0
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _value_in(argv: list[str], flag: str) -> str | None:
