@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from seal_lm.adapters import save_adapter, using
+from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
 
@@ -103,6 +103,10 @@ def test_adapter_saves_in_standard_peft_format(tiny, tmp_path):
     config = json.loads((path / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
     assert (path / "adapter_model.safetensors").exists()
+    reloaded = load_adapter(path)  # exactly what was saved (float32), so a resumed run continues exactly
+    assert (reloaded.rank, reloaded.alpha) == (4, 8) and reloaded.weights.keys() == result.adapter.weights.keys()
+    assert all(torch.equal(x, y) for name in reloaded.weights
+               for x, y in zip(reloaded.weights[name], result.adapter.weights[name]))
     with using(tiny.model, result.adapter) as ours:
         expected = _logits(ours, SEQUENCES[1], tiny.tokenizer)
     loaded = PeftModel.from_pretrained(tiny.model, str(path))

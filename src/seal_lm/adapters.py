@@ -3,7 +3,8 @@
 An inner loop produces an `Adapter` (rank, alpha and one `(A, B)` pair per adapted module, on the
 CPU). Thousands can exist while the base model stays untouched: `applied` injects any number of
 them at once (see multi_lora.py) and removes them on exit, so no adapter leaks into the next use.
-`save_adapter` writes the standard PEFT format, loadable with `peft.PeftModel.from_pretrained`.
+`save_adapter` writes the standard PEFT format, loadable with `peft.PeftModel.from_pretrained`,
+and `load_adapter` reads it back.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
+from seal_lm.errors import SealError
 from seal_lm.multi_lora import MultiLora, RowRouting, injected
+
+_PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -35,9 +40,22 @@ class Adapter:
     def peft_state_dict(self) -> dict[str, torch.Tensor]:
         state = {}
         for name, (a, b) in self.weights.items():
-            state[f"base_model.model.{name}.lora_A.weight"] = a
-            state[f"base_model.model.{name}.lora_B.weight"] = b
+            state[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = a
+            state[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = b
         return state
+
+
+def combine_adapters(adapters: Sequence[Adapter]) -> Adapter:
+    """One adapter whose update is exactly the sum of `adapters`' updates: their A matrices stacked,
+    their B matrices side by side (rank k*r, alpha k*alpha, so the scale alpha / r is unchanged).
+    All must share rank, alpha and modules."""
+    first = adapters[0]
+    if any(a.rank != first.rank or a.alpha != first.alpha or a.weights.keys() != first.weights.keys()
+           for a in adapters):
+        raise ValueError("adapters combined must share rank, alpha and target modules")
+    weights = {name: (torch.cat([a.weights[name][0] for a in adapters]), torch.cat([a.weights[name][1] for a in adapters], 1))
+               for name in first.weights}
+    return Adapter(first.rank * len(adapters), first.alpha * len(adapters), weights)
 
 
 @contextmanager
@@ -88,3 +106,19 @@ def save_adapter(model: PreTrainedModel, adapter: Adapter, directory: str | Path
     finally:
         peft_model.unload()
     return Path(directory)
+
+
+def load_adapter(directory: str | Path) -> Adapter:
+    """An adapter saved in the PEFT format (by `save_adapter` or by PEFT itself), as plain data."""
+    directory = Path(directory)
+    try:
+        config = LoraConfig.from_pretrained(str(directory))
+        state = load_file(str(directory / "adapter_model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise SealError(f"{directory}: not a PEFT LoRA adapter ({exc})") from None
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key in sorted(state):
+        if key.endswith(".lora_A.weight"):
+            name = key.removeprefix(_PEFT_PREFIX).removesuffix(".lora_A.weight")
+            weights[name] = (state[key], state[f"{_PEFT_PREFIX}{name}.lora_B.weight"])
+    return Adapter(config.r, config.lora_alpha, weights)

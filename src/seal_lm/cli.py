@@ -18,6 +18,7 @@ from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
 
 if TYPE_CHECKING:
+    from seal_lm.recipes.continual import ContinualConfig
     from seal_lm.recipes.fewshot import FewShotConfig
     from seal_lm.recipes.knowledge_eval import EvalConfig
     from seal_lm.recipes.knowledge_train import TrainConfig
@@ -279,10 +280,77 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
         config = preset(preset_name or "paper")
         _add_train_args(train, config)
         _add_eval_args(train, config.eval, with_data=True, held_out="held-out ")
+    continual = sub.add_parser(
+        "continual", help="self-edits applied one after another: the forgetting matrix, with or without a guard",
+        description="For several random orders of N passages: the model writes a self-edit for each passage in "
+                    "turn and is updated on it (each update starts from the model the previous one left); after "
+                    "every update it answers the questions of every passage seen so far. Prints the N x N "
+                    "forgetting matrix (mean and spread over orders). --guard on refuses updates that lower "
+                    "accuracy on earlier passages (and on optional general prompts) by more than --max-drop.",
+    )
+    from seal_lm.recipes.continual import ContinualConfig
+
+    _add_continual_args(continual, ContinualConfig())
     report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
                             description="Writes RUN_DIR/report/index.html (self-contained) and the plots as PNG files.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by seal eval, demo or train")
     return parser
+
+
+def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig) -> None:
+    group = parser.add_argument_group("passages and orders")
+    group.add_argument("--data", default=d.data, help="passages: SEAL grouping or SQuAD v1.1 JSON "
+                                                      "(default: demo corpus, validation split)")
+    group.add_argument("--skip", type=int, default=d.skip, help="leave out the first N passages")
+    group.add_argument("--limit", type=int, default=d.limit, help=f"N, the passages learned in turn (default {d.limit})")
+    group.add_argument("--orders", type=int, default=d.orders,
+                       help=f"random orders to average over; the first is the file's order (default {d.orders})")
+    group.add_argument("--accumulate", choices=["merge", "stack"], default=d.accumulate,
+                       help="merge: each update is merged into the weights in turn; stack: updates stay separate "
+                            f"adapters whose exact sum is applied (default {d.accumulate})")
+    group.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
+    group.add_argument("--format", default=d.format, choices=sorted(FORMATS), help="self-edit format")
+    group.add_argument("--max-new-tokens", type=int, default=d.self_edit_sampling.max_new_tokens,
+                       help=f"length limit of a self-edit (default {d.self_edit_sampling.max_new_tokens})")
+    group.add_argument("--temperature", type=float, default=d.self_edit_sampling.temperature,
+                       help=f"self-edit sampling temperature (default {d.self_edit_sampling.temperature})")
+    group.add_argument("--grader", default=d.grader, choices=sorted(GRADERS), help=f"default {d.grader}")
+    g = d.guard_settings
+    group = parser.add_argument_group("retention guard")
+    group.add_argument("--guard", choices=["off", "on", "both"], default=d.guard,
+                       help="off (default); on: check every update before accepting it; both: run every order "
+                            "with and without the guard, side by side")
+    group.add_argument("--max-drop", type=float, default=g.max_drop,
+                       help=f"largest allowed drop of the probe score, 0-1 (default {g.max_drop})")
+    group.add_argument("--guard-action", choices=["reject", "retry"], default=g.action,
+                       help=f"reject: roll the update back; retry: train again with a smaller learning rate "
+                            f"(default {g.action})")
+    group.add_argument("--retry-factor", type=float, default=g.retry_factor,
+                       help=f"learning rate multiplier per retry (default {g.retry_factor})")
+    group.add_argument("--max-retries", type=int, default=g.max_retries, help=f"default {g.max_retries}")
+    group.add_argument("--general-prompts", default=g.general_prompts,
+                       help="text file, one prompt per line, whose greedy answers must not change (part of the probe)")
+    _add_run_args(parser)
+    _add_model_args(parser, d.model)
+    _add_inner_loop_args(parser, d.inner_loop)
+
+
+def _continual_config(args: argparse.Namespace) -> ContinualConfig:
+    from seal_lm.recipes.continual import ContinualConfig, GuardSettings
+
+    d = ContinualConfig()
+    targets = args.target_modules if args.target_modules == "all-linear" else _comma_list(args.target_modules)
+    return ContinualConfig(
+        data=args.data, skip=args.skip, limit=args.limit, orders=args.orders, seed=args.seed,
+        model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code), format=args.format,
+        self_edit_sampling=dataclasses.replace(d.self_edit_sampling, temperature=args.temperature,
+                                               max_new_tokens=args.max_new_tokens),
+        grader=args.grader, accumulate=args.accumulate, guard=args.guard,
+        inner_loop=InnerLoopSettings(rank=args.lora_rank, alpha=args.lora_alpha, learning_rate=args.lr,
+                                     epochs=args.epochs, batch_size=args.batch_size, target_modules=targets),
+        guard_settings=GuardSettings(max_drop=args.max_drop, action=args.guard_action, retry_factor=args.retry_factor,
+                                     max_retries=args.max_retries, general_prompts=args.general_prompts),
+    )
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -344,6 +412,14 @@ def _run_command(args: argparse.Namespace) -> int:
 
     out = Path(args.resume or args.out or RunDir.new_path("runs", args.command))
     stored = read_config(out) if args.resume else None
+    if args.command == "continual":
+        from seal_lm.recipes.continual import ContinualConfig, run_continual
+        from seal_lm.report import print_forgetting
+
+        config = config_from_dict(ContinualConfig, stored, str(out)) if stored else _continual_config(args)
+        print_forgetting(run_continual(config, out, not args.no_progress))
+        print(f"run directory: {out}  (seal report {out} draws the heatmaps)")
+        return 0
     domain = stored.get("domain", "knowledge") if stored else getattr(args, "domain", "knowledge")
     progress = not args.no_progress
     if domain == "arc":

@@ -25,3 +25,24 @@ def eval_table(summary: dict[str, Any], title: str = "Closed-book accuracy") -> 
 
 def print_eval_table(summary: dict[str, Any], console: Console | None = None) -> None:
     (console or Console()).print(eval_table(summary))
+
+
+def print_forgetting(summary: dict[str, Any], console: Console | None = None) -> None:
+    """The forgetting matrix of each variant (rows: after update i; columns: passage at position j),
+    mean over orders with the spread, then final accuracies with their intervals and the refusals."""
+    console = console or Console()
+    grader, n = summary["grader"], summary["passages"]
+    for variant, m in summary["matrices"].items():
+        table = Table(title=f"Forgetting matrix, {variant} ({summary['model']}, grader: {grader}, "
+                            f"{m['orders']} orders, updates {summary['accumulate']}d)",
+                      caption="row i: after update i; column j: the j-th passage learned; mean ± sd over orders")
+        table.add_column("after", justify="right")
+        for j in range(n):
+            table.add_column(f"p{j + 1}", justify="right")
+        for i, (row, spread) in enumerate(zip(m["mean"], m["std"])):
+            table.add_row(f"{i + 1}", *(f"{100 * v:.0f}±{100 * s:.0f}" if v is not None else "" for v, s in zip(row, spread)))
+        console.print(table)
+        console.print(f"{variant}: final accuracy on the first passage {Estimate(**m['final_first'])} "
+                      f"(n={m['final_first']['n']} questions), on all passages {Estimate(**m['final_all'])} "
+                      f"(n={m['final_all']['n']}); updates refused: {m['refused']} of {m['updates']}"
+                      + (f", retried: {m['retried']}" if m["retried"] else ""))

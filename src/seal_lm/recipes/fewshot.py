@@ -114,9 +114,11 @@ def preset(name: str) -> FewShotConfig:
     if name == "paper":
         return FewShotConfig(tasks="seal-train", eval_tasks="seal-eval")
     if name == "cpu-demo":
-        # Procedural tasks on 2 CPU cores: fewer and smaller tasks, fewer samples, examples and epochs.
+        # Procedural tasks on 2 CPU cores: fewer and smaller tasks, fewer samples, examples and epochs,
+        # and LoRA rank 16 (rank 128 on a 135M model needs ~9 GB and is several times slower on CPU).
         return FewShotConfig(
             procedural_count=5, procedural_max_size=5, max_examples=12, max_epochs=5,
+            ttt=dataclasses.replace(ttt_defaults(), rank=16, alpha=16),
             oracle_configs=ORACLE_CONFIGS[:2],
             self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=96, stop=("}",),
                                               include_stop=True),

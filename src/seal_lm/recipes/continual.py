@@ -1,0 +1,302 @@
+"""`seal continual`: self-edits applied one after another, the forgetting they cause, and a guard.
+
+For each of several random orders of N passages, the model writes a self-edit for passage 1, is
+updated on it (passage + self-edit, one LoRA update), then writes one for passage 2 with the updated
+model, and so on. After every update it answers, closed-book, the questions of every passage seen so
+far: row i of the forgetting matrix holds the accuracies after update i, column j the passage at
+position j of the order. Updates accumulate either by merging each one into the weights in turn
+("merge", as a deployed model would) or as a stack of separate adapters whose exact sum is applied
+("stack"; each adapter can be dropped later).
+
+The retention guard (off by default) looks at every update before accepting it: its probe is the
+questions of the earlier passages, plus optional general prompts whose greedy answers must not
+change. If the probe score drops by more than `max_drop`, the update is rejected (rolled back) or
+retried with a smaller learning rate. Every attempt is recorded with its numbers.
+
+The model's state is never checkpointed as weights: it is rebuilt from the original weights and the
+accepted adapters (saved in PEFT format as they are accepted), so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from seal_lm.adapters import Adapter, combine_adapters, load_adapter, merge_adapter, save_adapter
+from seal_lm.data import Passage, select_passages
+from seal_lm.domains.knowledge import answer_questions, write_self_edits
+from seal_lm.errors import SealError
+from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_sequences
+from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
+from seal_lm.grading import GRADERS
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
+from seal_lm.runs import RunDir, derived_seed
+from seal_lm.stats import mean_with_interval
+
+ACCUMULATE = ("merge", "stack")
+GUARD_ACTIONS = ("reject", "retry")
+GUARD_MODES = ("off", "on", "both")
+
+
+@dataclass
+class GuardSettings:
+    """When an update is refused, and what happens then."""
+
+    max_drop: float = 0.1  # largest allowed drop of the probe score (0-1, absolute)
+    action: str = "reject"  # "reject": roll back; "retry": train again with a smaller learning rate
+    retry_factor: float = 0.3  # learning rate multiplier per retry
+    max_retries: int = 2  # retries before the update is rejected
+    general_prompts: str | None = None  # text file, one prompt per line, whose answers must not change
+    general_max_new_tokens: int = 32
+
+
+@dataclass
+class ContinualConfig:
+    """Everything that determines a continual run; written to the run directory as config.json."""
+
+    data: str | None = None  # None: the demo corpus' validation split
+    skip: int = 0
+    limit: int | None = 8  # N passages (paper: 8)
+    orders: int = 3  # random orders of the passages
+    seed: int = 0
+    model: ModelSettings = field(default_factory=ModelSettings)
+    format: str = DEFAULT_FORMAT
+    self_edit_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=256))
+    grader: str = "contains"
+    inner_loop: InnerLoopSettings = field(default_factory=InnerLoopSettings)
+    accumulate: str = "merge"
+    guard: str = "off"  # "off", "on", or "both" (every order with and without the guard, side by side)
+    guard_settings: GuardSettings = field(default_factory=GuardSettings)
+
+    def validate(self) -> None:
+        get_format(self.format)
+        if self.grader not in GRADERS:
+            raise SealError(f"unknown grader '{self.grader}' (choose one of: {', '.join(GRADERS)})")
+        for name, value, allowed in (("accumulate", self.accumulate, ACCUMULATE), ("guard", self.guard, GUARD_MODES),
+                                     ("guard action", self.guard_settings.action, GUARD_ACTIONS)):
+            if value not in allowed:
+                raise SealError(f"unknown {name} '{value}' (choose one of: {', '.join(allowed)})")
+        if self.orders < 1:
+            raise SealError(f"orders must be at least 1 (got {self.orders})")
+        if not 0 <= self.guard_settings.max_drop <= 1:
+            raise SealError(f"guard max_drop must be in [0, 1] (got {self.guard_settings.max_drop})")
+        if self.guard_settings.general_prompts:
+            read_general_prompts(self.guard_settings.general_prompts)
+
+    def variants(self) -> list[str]:
+        return {"off": ["no-guard"], "on": ["guard"], "both": ["no-guard", "guard"]}[self.guard]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_general_prompts(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SealError(f"{path}: cannot read general prompts ({exc.strerror})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise SealError(f"{path}: no general prompts (one per line expected)")
+    return prompts
+
+
+def passage_order(n: int, seed: int, order: int) -> list[int]:
+    """Order 0 is the given order; the others are seeded shuffles."""
+    indices = list(range(n))
+    if order:
+        random.Random(derived_seed(seed, "order", order)).shuffle(indices)
+    return indices
+
+
+class ModelState:
+    """The original weights plus a list of accepted adapters; `set` makes the model hold exactly that
+    state, rebuilt from the originals every time so that rounding never depends on history."""
+
+    def __init__(self, loaded: LoadedModel, accumulate: str):
+        self.loaded = loaded
+        self.accumulate = accumulate
+        self.original = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+
+    def set(self, adapters: Sequence[Adapter]) -> None:
+        self.loaded.model.load_state_dict(self.original)
+        if not adapters:
+            return
+        if self.accumulate == "merge":  # one after another, each rounded into the weights
+            for adapter in adapters:
+                merge_adapter(self.loaded.model, adapter)
+        else:  # their exact sum, rounded once
+            merge_adapter(self.loaded.model, combine_adapters(adapters))
+
+
+@dataclass
+class Probe:
+    """Earlier passages' questions (graded) and general prompts (1 if the answer is unchanged)."""
+
+    question_scores: list[float]
+    general_answers: list[str]
+
+    def score(self, reference_answers: Sequence[str]) -> float | None:
+        items = self.question_scores + [float(a == r) for a, r in zip(self.general_answers, reference_answers)]
+        return sum(items) / len(items) if items else None
+
+
+class ContinualRunner:
+    """Runs one (variant, order) sequence of updates, resuming from what the run directory holds."""
+
+    def __init__(self, config: ContinualConfig, loaded: LoadedModel, passages: list[Passage], run: RunDir):
+        self.config = config
+        self.loaded = loaded
+        self.passages = passages
+        self.run = run
+        self.generator = HFGenerator(loaded)
+        self.updater = LoraUpdater(loaded, config.inner_loop)
+        self.fmt = get_format(config.format)
+        self.state = ModelState(loaded, config.accumulate)
+        path = config.guard_settings.general_prompts
+        self.general = [Prompt.single_turn(p) for p in read_general_prompts(path)] if path else []
+
+    def adapter_dir(self, variant: str, order: int, step: int) -> Path:
+        return self.run.path / "adapters" / variant / f"order-{order}" / f"step-{step}"
+
+    def run_order(self, variant: str, order: int, bar: tqdm) -> None:
+        sequence = [self.passages[i] for i in passage_order(len(self.passages), self.config.seed, order)]
+        done = {r["step"]: r for r in self.run.records
+                if r.get("kind") == "step" and r["variant"] == variant and r["order"] == order}
+        accepted = [load_adapter(self.adapter_dir(variant, order, s)) for s in sorted(done) if done[s]["accepted"]]
+        self.state.set(accepted)
+        previous = done[max(done)]["scores"] if done else []
+        for step, passage in enumerate(sequence):
+            if step in done:
+                continue
+            record = self._step(variant, order, step, sequence, accepted, previous)
+            previous = record["scores"]
+            self.run.append(record)
+            bar.update(1)
+
+    def _answers(self, passages: Sequence[Passage]) -> list[list[float]]:
+        """Closed-book scores of each passage's questions with the model as it is now."""
+        return [[q["scores"][self.config.grader] for q in qs] for qs in answer_questions(self.generator, passages)]
+
+    def _probe(self, earlier: Sequence[Passage]) -> Probe:
+        graded = answer_questions(self.generator, earlier) if earlier else []
+        scores = [q["scores"][self.config.grader] for qs in graded for q in qs]
+        params = dataclasses.replace(GREEDY, max_new_tokens=self.config.guard_settings.general_max_new_tokens)
+        answers = [outs[0] for outs in self.generator.generate(self.general, params)] if self.general else []
+        return Probe(scores, answers)
+
+    def _step(self, variant: str, order: int, step: int, sequence: list[Passage], accepted: list[Adapter],
+              previous: list[list[float]]) -> dict[str, Any]:
+        started = time.perf_counter()
+        passage, earlier = sequence[step], sequence[:step]
+        seed = derived_seed(self.config.seed, "continual", order, step, passage.id)
+        guarded = variant == "guard"
+        before = self._probe(earlier) if guarded else None
+        params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
+        edit = write_self_edits(self.generator, [passage], self.fmt, params)[0][0]
+        sequences = training_sequences(passage, [edit.parsed])
+        guard = self.config.guard_settings
+        attempts, learning_rate = [], self.config.inner_loop.learning_rate
+        tries = 1 + (guard.max_retries if guarded and guard.action == "retry" else 0)
+        adapter = None
+        for attempt in range(tries):
+            settings = dataclasses.replace(self.config.inner_loop, learning_rate=learning_rate, seed=seed + attempt)
+            result, = self.updater.train([TrainJob(sequences, settings)])
+            self.state.set([*accepted, result.adapter])
+            info: dict[str, Any] = {"learning_rate": learning_rate, "final_loss": result.epoch_losses[-1]}
+            if guarded:
+                after = self._probe(earlier)
+                score_before = before.score(before.general_answers)
+                score_after = after.score(before.general_answers)
+                drop = (score_before - score_after) if score_before is not None else 0.0
+                info.update(probe_before=score_before, probe_after=score_after, drop=drop,
+                            accepted=drop <= guard.max_drop)
+            else:
+                info["accepted"] = True
+            attempts.append(info)
+            if info["accepted"]:
+                adapter = result.adapter
+                break
+            learning_rate *= guard.retry_factor
+        if adapter is None:  # refused: back to the model before this update
+            self.state.set(accepted)
+            scores = previous + self._answers([passage])
+        else:
+            save_adapter(self.loaded.model, adapter, self.adapter_dir(variant, order, step))
+            accepted.append(adapter)
+            scores = self._answers(sequence[: step + 1])
+        return {
+            "kind": "step", "variant": variant, "order": order, "step": step, "passage_id": passage.id,
+            "title": passage.title, "order_ids": [p.id for p in sequence], "self_edit": edit.as_record(),
+            "attempts": attempts, "accepted": adapter is not None, "scores": scores,
+            "accuracy": [sum(qs) / len(qs) for qs in scores],
+            "seconds": time.perf_counter() - started,
+        }
+
+
+def forgetting_matrices(records: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+    """Per variant: mean and spread (standard deviation) over orders of accuracy[i][j], after update i
+    on the passage at position j <= i (None above the diagonal); final accuracy on the first passage
+    and on all passages, with 95% intervals over their questions in every order; the guard's refusals."""
+    out = {}
+    for variant in sorted({r["variant"] for r in records}):
+        recs = [r for r in records if r["variant"] == variant]
+        mean: list[list[float | None]] = [[None] * n for _ in range(n)]
+        spread: list[list[float | None]] = [[None] * n for _ in range(n)]
+        for i in range(n):
+            rows = [r["accuracy"] for r in recs if r["step"] == i]
+            for j in range(i + 1):
+                values = [row[j] for row in rows]
+                if values:
+                    mean[i][j] = sum(values) / len(values)
+                    spread[i][j] = statistics.pstdev(values)
+        last = [r["scores"] for r in recs if r["step"] == n - 1]
+        out[variant] = {
+            "orders": len({r["order"] for r in recs}), "mean": mean, "std": spread,
+            "final_first": mean_with_interval([s for scores in last for s in scores[0]]).as_dict(),
+            "final_all": mean_with_interval([s for scores in last for qs in scores for s in qs]).as_dict(),
+            "updates": len(recs), "refused": sum(not r["accepted"] for r in recs),
+            "retried": sum(len(r["attempts"]) > 1 for r in recs),
+        }
+    return out
+
+
+def summarize(records: list[dict[str, Any]], config: ContinualConfig, n: int) -> dict[str, Any]:
+    steps = [r for r in records if r.get("kind") == "step"]
+    return {"kind": "continual", "grader": config.grader, "model": display_name(config.model.name),
+            "passages": n, "accumulate": config.accumulate, "max_drop": config.guard_settings.max_drop,
+            "matrices": forgetting_matrices(steps, n)}
+
+
+def run_continual(config: ContinualConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """Every variant and order, resumable; returns the summary also written to the run directory."""
+    config.validate()
+    passages = select_passages(config.data, "validation", config.skip, config.limit)
+    if len(passages) < 2:
+        raise SealError(f"{config.data or 'demo corpus'}: continual learning needs at least 2 passages")
+    run = RunDir(out, config.as_dict())
+    variants = config.variants()
+    total = len(variants) * config.orders * len(passages)
+    finished = sum(r.get("kind") == "step" for r in run.records)
+    if finished < total:
+        runner = ContinualRunner(config, load_model(config.model), passages, run)
+        with tqdm(total=total, initial=finished, desc="continual updates", unit="update",
+                  disable=not show_progress) as bar:
+            for variant in variants:
+                for order in range(config.orders):
+                    bar.set_postfix_str(f"{variant}, order {order + 1}")
+                    runner.run_order(variant, order, bar)
+    summary = summarize(run.records, config, len(passages))
+    run.write_summary(summary)
+    return summary
