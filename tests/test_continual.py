@@ -83,6 +83,10 @@ def test_the_guard_retries_or_refuses_updates_that_change_general_answers_and_re
         assert not first["accepted"] and first["drop"] > 0 and first["probe_after"] < first["probe_before"]
         assert second["learning_rate"] == 0.05 * 0.3
     assert "Forgetting matrix, guard" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0  # both heatmaps side by side, and the guard's decisions
+    page = (out / "report" / "index.html").read_text()
+    assert "Forgetting matrix" in page and "Guard decisions" in page and "refused" in page
+    assert (out / "report" / "forgetting.png").stat().st_size > 1000
 
     out = tmp_path / "reject"
     assert _continual(tiny_model_dir, out, *strict, "--guard", "on", "--limit", "2") == 0

@@ -18,6 +18,7 @@ from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
 
 if TYPE_CHECKING:
+    from seal_lm.recipes.adapt import AdaptConfig
     from seal_lm.recipes.continual import ContinualConfig
     from seal_lm.recipes.fewshot import FewShotConfig
     from seal_lm.recipes.knowledge_eval import EvalConfig
@@ -291,20 +292,44 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
     from seal_lm.recipes.continual import ContinualConfig
 
     _add_continual_args(continual, ContinualConfig())
+    adapt = sub.add_parser(
+        "adapt", help="teach a model your documents with its own self-edits; save a PEFT adapter or merged model",
+        description="Each document (a .txt/.md/.json file, or every such file in a folder) is learned in turn: the "
+                    "model writes a self-edit and is updated on it (with --guard, only if earlier documents are not "
+                    "forgotten). Saves RUN_DIR/adapter (PEFT) or RUN_DIR/model (--save merged) and prints what was "
+                    "learned: questions the model wrote about each document (with the document in view), answered "
+                    "closed-book before and after, graded against its own open-book answers (no gold answers).",
+    )
+    from seal_lm.recipes.adapt import AdaptConfig
+
+    defaults = AdaptConfig()
+    adapt.add_argument("documents", metavar="DOCUMENTS", nargs="?",
+                       help="a file or a folder of .txt, .md or .json documents (not needed with --resume)")
+    adapt.add_argument("--save", choices=["adapter", "merged"], default=defaults.save,
+                       help="adapter: one PEFT adapter, the sum of all accepted updates (default); merged: the "
+                            "whole model with the updates merged (transformers format)")
+    adapt.add_argument("--self-check", type=int, default=defaults.self_check_questions,
+                       help=f"questions the model writes per document to check itself (default "
+                            f"{defaults.self_check_questions}; 0: none)")
+    _add_continual_args(adapt, defaults)
     report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
                             description="Writes RUN_DIR/report/index.html (self-contained) and the plots as PNG files.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by seal eval, demo or train")
     return parser
 
 
-def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig) -> None:
-    group = parser.add_argument_group("passages and orders")
-    group.add_argument("--data", default=d.data, help="passages: SEAL grouping or SQuAD v1.1 JSON "
-                                                      "(default: demo corpus, validation split)")
-    group.add_argument("--skip", type=int, default=d.skip, help="leave out the first N passages")
-    group.add_argument("--limit", type=int, default=d.limit, help=f"N, the passages learned in turn (default {d.limit})")
-    group.add_argument("--orders", type=int, default=d.orders,
-                       help=f"random orders to average over; the first is the file's order (default {d.orders})")
+def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig | AdaptConfig) -> None:
+    """Options shared by `seal continual` and `seal adapt` (the same sequence of guarded updates)."""
+    from seal_lm.recipes.continual import ContinualConfig
+
+    group = parser.add_argument_group("updates")
+    if isinstance(d, ContinualConfig):
+        group.add_argument("--data", default=d.data, help="passages: SEAL grouping or SQuAD v1.1 JSON "
+                                                          "(default: demo corpus, validation split)")
+        group.add_argument("--skip", type=int, default=d.skip, help="leave out the first N passages")
+        group.add_argument("--limit", type=int, default=d.limit, help=f"N, the passages learned in turn (default {d.limit})")
+        group.add_argument("--orders", type=int, default=d.orders,
+                           help=f"random orders to average over; the first is the file's order (default {d.orders})")
     group.add_argument("--accumulate", choices=["merge", "stack"], default=d.accumulate,
                        help="merge: each update is merged into the weights in turn; stack: updates stay separate "
                             f"adapters whose exact sum is applied (default {d.accumulate})")
@@ -317,9 +342,14 @@ def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig) -> 
     group.add_argument("--grader", default=d.grader, choices=sorted(GRADERS), help=f"default {d.grader}")
     g = d.guard_settings
     group = parser.add_argument_group("retention guard")
-    group.add_argument("--guard", choices=["off", "on", "both"], default=d.guard,
-                       help="off (default); on: check every update before accepting it; both: run every order "
-                            "with and without the guard, side by side")
+    if isinstance(d, ContinualConfig):
+        group.add_argument("--guard", choices=["off", "on", "both"], default=d.guard,
+                           help="off (default); on: check every update before accepting it; both: run every order "
+                                "with and without the guard, side by side")
+    else:
+        group.add_argument("--guard", action="store_true",
+                           help="check every update before accepting it (probe: earlier documents' self-check "
+                                "questions and the --general-prompts)")
     group.add_argument("--max-drop", type=float, default=g.max_drop,
                        help=f"largest allowed drop of the probe score, 0-1 (default {g.max_drop})")
     group.add_argument("--guard-action", choices=["reject", "retry"], default=g.action,
@@ -335,22 +365,37 @@ def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig) -> 
     _add_inner_loop_args(parser, d.inner_loop)
 
 
-def _continual_config(args: argparse.Namespace) -> ContinualConfig:
-    from seal_lm.recipes.continual import ContinualConfig, GuardSettings
+def _update_fields(args: argparse.Namespace, d: ContinualConfig | AdaptConfig) -> dict:
+    """The fields `seal continual` and `seal adapt` share, from their shared options."""
+    from seal_lm.recipes.continual import GuardSettings
 
-    d = ContinualConfig()
     targets = args.target_modules if args.target_modules == "all-linear" else _comma_list(args.target_modules)
-    return ContinualConfig(
-        data=args.data, skip=args.skip, limit=args.limit, orders=args.orders, seed=args.seed,
-        model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code), format=args.format,
+    return dict(
+        seed=args.seed, model=ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code),
+        format=args.format, grader=args.grader, accumulate=args.accumulate, guard=args.guard,
         self_edit_sampling=dataclasses.replace(d.self_edit_sampling, temperature=args.temperature,
                                                max_new_tokens=args.max_new_tokens),
-        grader=args.grader, accumulate=args.accumulate, guard=args.guard,
         inner_loop=InnerLoopSettings(rank=args.lora_rank, alpha=args.lora_alpha, learning_rate=args.lr,
                                      epochs=args.epochs, batch_size=args.batch_size, target_modules=targets),
         guard_settings=GuardSettings(max_drop=args.max_drop, action=args.guard_action, retry_factor=args.retry_factor,
                                      max_retries=args.max_retries, general_prompts=args.general_prompts),
     )
+
+
+def _continual_config(args: argparse.Namespace) -> ContinualConfig:
+    from seal_lm.recipes.continual import ContinualConfig
+
+    return ContinualConfig(data=args.data, skip=args.skip, limit=args.limit, orders=args.orders,
+                           **_update_fields(args, ContinualConfig()))
+
+
+def _adapt_config(args: argparse.Namespace) -> AdaptConfig:
+    from seal_lm.recipes.adapt import AdaptConfig
+
+    if not args.documents:
+        raise SealError("seal adapt needs DOCUMENTS (a file or folder), or --resume RUN_DIR")
+    return AdaptConfig(documents=args.documents, self_check_questions=args.self_check, save=args.save,
+                       **_update_fields(args, AdaptConfig()))
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -419,6 +464,14 @@ def _run_command(args: argparse.Namespace) -> int:
         config = config_from_dict(ContinualConfig, stored, str(out)) if stored else _continual_config(args)
         print_forgetting(run_continual(config, out, not args.no_progress))
         print(f"run directory: {out}  (seal report {out} draws the heatmaps)")
+        return 0
+    if args.command == "adapt":
+        from seal_lm.recipes.adapt import AdaptConfig, run_adapt
+        from seal_lm.report import print_adapt
+
+        config = config_from_dict(AdaptConfig, stored, str(out)) if stored else _adapt_config(args)
+        print_adapt(run_adapt(config, out, not args.no_progress))
+        print(f"run directory: {out}")
         return 0
     domain = stored.get("domain", "knowledge") if stored else getattr(args, "domain", "knowledge")
     progress = not args.no_progress

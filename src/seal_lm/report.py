@@ -46,3 +46,20 @@ def print_forgetting(summary: dict[str, Any], console: Console | None = None) ->
                       f"(n={m['final_first']['n']} questions), on all passages {Estimate(**m['final_all'])} "
                       f"(n={m['final_all']['n']}); updates refused: {m['refused']} of {m['updates']}"
                       + (f", retried: {m['retried']}" if m["retried"] else ""))
+
+
+def print_adapt(summary: dict[str, Any], console: Console | None = None) -> None:
+    """What `seal adapt` learned: self-check accuracy per document, closed-book, before and after."""
+    console = console or Console()
+    show = lambda e: str(Estimate(**e)) if e else "no questions"
+    table = Table(title=f"Self-check, closed-book ({summary['model']}, grader: {summary['grader']})",
+                  caption="questions the model wrote about each document, graded against its own open-book answers")
+    for name in ("document", "questions", "before [95% CI]", "after [95% CI]", "update"):
+        table.add_column(name, justify="left" if name == "document" else "right")
+    for row in summary["documents"]:
+        table.add_row(row["title"], str(row["questions"]), show(row["before"]), show(row["after"]),
+                      "accepted" if row["accepted"] else "refused by the guard")
+    table.add_row("all", str(sum(r["questions"] for r in summary["documents"])), show(summary["before"]),
+                  show(summary["after"]), f"{summary['refused']} refused")
+    console.print(table)
+    console.print(f"saved: {summary['saved'] or 'nothing (every update was refused)'}")

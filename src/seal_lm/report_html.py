@@ -676,6 +676,49 @@ def _grids_section(evals: list[dict[str, Any]], max_tasks: int = 4) -> str:
     return "".join(parts)
 
 
+def _continual_section(summary: dict[str, Any] | None, steps: list[dict[str, Any]], plots: _Plots) -> str:
+    """Forgetting matrices (one heatmap per variant, side by side), final accuracies and the guard's decisions."""
+    matrices = (summary or {}).get("matrices")
+    if not matrices or not steps:
+        return ""
+    n = summary["passages"]
+    parts = ['<h2 id="forgetting">Forgetting matrix</h2>\n'
+             '<p class="note">Row i: closed-book accuracy after the i-th update; column j: the j-th passage learned. '
+             "Mean over orders (standard deviation in the table). The last row shows what is left of every passage "
+             "at the end.</p>\n"]
+    rows = [[_esc(v), _esc(m["orders"]), _esc(_fmt_estimate(Estimate(**m["final_first"]))),
+             _esc(_fmt_estimate(Estimate(**m["final_all"]))), _esc(f"{m['refused']} of {m['updates']}"),
+             _esc(m["retried"])] for v, m in matrices.items()]
+    parts.append(_table(["variant", "orders", "final, first passage [95% CI]", "final, all passages [95% CI]",
+                         "updates refused", "updates retried"], rows, numeric={1, 2, 3, 4, 5}))
+    fig, axes = plots.figure(1, len(matrices), height=FIGSIZE[1] * 1.1)
+    for ax, (variant, m) in zip(axes[0], matrices.items()):
+        values = [[float("nan") if v is None else 100 * v for v in row] for row in m["mean"]]
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if v < 50 else "black")
+        ax.set_title(variant)
+        ax.set_xticks(range(n), [str(j + 1) for j in range(n)])
+        ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
+        ax.set_xlabel("passage (position learned)")
+        ax.set_ylabel("after update")
+    fig.colorbar(image, ax=list(axes[0]), label="accuracy, %", shrink=0.8)
+    parts.append(plots.save(fig, "forgetting", "forgetting matrices, one per variant"))
+    guarded = [r for r in steps if any("drop" in a for a in r.get("attempts", []))]
+    if guarded:
+        decision_rows = [[_esc(r["order"]), _esc(r["step"] + 1), _esc(r.get("title", r["passage_id"])),
+                          _esc(" / ".join(f"lr {a['learning_rate']:g}: {_fmt(a['probe_before'], '.2f')} -> "
+                                          f"{_fmt(a['probe_after'], '.2f')}" for a in r["attempts"])),
+                          _esc("accepted" if r["accepted"] else "refused")] for r in guarded]
+        parts.append("<h3>Guard decisions</h3>\n<p class=\"note\">Probe score (earlier passages' questions and "
+                     "general prompts whose answers must not change) before -> after each attempt.</p>\n")
+        parts.append(_table(["order", "update", "passage", "attempts", "decision"], decision_rows, numeric={0, 1}))
+    return "".join(parts)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write `run_dir/report/index.html` (plots embedded) and the plots as PNG files; return the HTML path."""
     run_dir = Path(run_dir)
@@ -693,6 +736,7 @@ def write_report(run_dir: str | Path) -> Path:
     rollouts = _dedupe([r for r in records if _kind_of(r) == "rollout"],
                        key=lambda r: (_round_of(r), r.get("context_id")))
     sfts = _dedupe([r for r in records if _kind_of(r) == "sft"], key=_round_of)
+    steps = [r for r in records if _kind_of(r) == "step"]
 
     grader = str((summary or {}).get("grader") or _dig(config, "grader") or _dig(config, "eval", "grader")
                  or DEFAULT_GRADER)
@@ -712,6 +756,7 @@ def write_report(run_dir: str | Path) -> Path:
         _examples_section(evals, rollouts, grader),
         _policy_section(sfts, _timing_rows(summary, records)),
         _grids_section(evals),
+        _continual_section(summary, steps, plots),
     ]
     body = "".join(s for s in sections if s) or '<p class="note">This run has no records to report yet.</p>\n'
 

@@ -170,7 +170,8 @@ class ContinualRunner:
     def adapter_dir(self, variant: str, order: int, step: int) -> Path:
         return self.run.path / "adapters" / variant / f"order-{order}" / f"step-{step}"
 
-    def run_order(self, variant: str, order: int, bar: tqdm) -> None:
+    def run_order(self, variant: str, order: int, bar: tqdm) -> list[Adapter]:
+        """Do the steps of this order that the run lacks; return the accepted adapters (the model holds them)."""
         sequence = [self.passages[i] for i in passage_order(len(self.passages), self.config.seed, order)]
         done = {r["step"]: r for r in self.run.records
                 if r.get("kind") == "step" and r["variant"] == variant and r["order"] == order}
@@ -184,8 +185,9 @@ class ContinualRunner:
             previous = record["scores"]
             self.run.append(record)
             bar.update(1)
+        return accepted
 
-    def _answers(self, passages: Sequence[Passage]) -> list[list[float]]:
+    def closed_book_scores(self, passages: Sequence[Passage]) -> list[list[float]]:
         """Closed-book scores of each passage's questions with the model as it is now."""
         return [[q["scores"][self.config.grader] for q in qs] for qs in answer_questions(self.generator, passages)]
 
@@ -231,16 +233,16 @@ class ContinualRunner:
             learning_rate *= guard.retry_factor
         if adapter is None:  # refused: back to the model before this update
             self.state.set(accepted)
-            scores = previous + self._answers([passage])
+            scores = previous + self.closed_book_scores([passage])
         else:
             save_adapter(self.loaded.model, adapter, self.adapter_dir(variant, order, step))
             accepted.append(adapter)
-            scores = self._answers(sequence[: step + 1])
+            scores = self.closed_book_scores(sequence[: step + 1])
         return {
             "kind": "step", "variant": variant, "order": order, "step": step, "passage_id": passage.id,
             "title": passage.title, "order_ids": [p.id for p in sequence], "self_edit": edit.as_record(),
             "attempts": attempts, "accepted": adapter is not None, "scores": scores,
-            "accuracy": [sum(qs) / len(qs) for qs in scores],
+            "accuracy": [sum(qs) / len(qs) if qs else None for qs in scores],
             "seconds": time.perf_counter() - started,
         }
 
@@ -250,14 +252,14 @@ def forgetting_matrices(records: list[dict[str, Any]], n: int) -> dict[str, dict
     on the passage at position j <= i (None above the diagonal); final accuracy on the first passage
     and on all passages, with 95% intervals over their questions in every order; the guard's refusals."""
     out = {}
-    for variant in sorted({r["variant"] for r in records}):
+    for variant in sorted({r["variant"] for r in records}, key=lambda v: v != "no-guard"):
         recs = [r for r in records if r["variant"] == variant]
         mean: list[list[float | None]] = [[None] * n for _ in range(n)]
         spread: list[list[float | None]] = [[None] * n for _ in range(n)]
         for i in range(n):
             rows = [r["accuracy"] for r in recs if r["step"] == i]
             for j in range(i + 1):
-                values = [row[j] for row in rows]
+                values = [row[j] for row in rows if row[j] is not None]
                 if values:
                     mean[i][j] = sum(values) / len(values)
                     spread[i][j] = statistics.pstdev(values)
