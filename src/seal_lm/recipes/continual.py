@@ -191,20 +191,22 @@ class ContinualRunner:
         """Closed-book scores of each passage's questions with the model as it is now."""
         return [[q["scores"][self.config.grader] for q in qs] for qs in answer_questions(self.generator, passages)]
 
-    def _probe(self, earlier: Sequence[Passage]) -> Probe:
-        graded = answer_questions(self.generator, earlier) if earlier else []
-        scores = [q["scores"][self.config.grader] for qs in graded for q in qs]
+    def _general_answers(self) -> list[str]:
+        """Greedy answers to the general prompts with the model as it is now."""
+        if not self.general:
+            return []
         params = dataclasses.replace(GREEDY, max_new_tokens=self.config.guard_settings.general_max_new_tokens)
-        answers = [outs[0] for outs in self.generator.generate(self.general, params)] if self.general else []
-        return Probe(scores, answers)
+        return [outs[0] for outs in self.generator.generate(self.general, params)]
 
     def _step(self, variant: str, order: int, step: int, sequence: list[Passage], accepted: list[Adapter],
               previous: list[list[float]]) -> dict[str, Any]:
         started = time.perf_counter()
-        passage, earlier = sequence[step], sequence[:step]
+        passage = sequence[step]
         seed = derived_seed(self.config.seed, "continual", order, step, passage.id)
         guarded = variant == "guard"
-        before = self._probe(earlier) if guarded else None
+        # The model is as the previous step left it; `previous` holds its scores on the earlier passages.
+        general_before = self._general_answers() if guarded else []
+        before = Probe([s for qs in previous for s in qs], general_before)
         params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
         edit = write_self_edits(self.generator, [passage], self.fmt, params)[0][0]
         sequences = training_sequences(passage, [edit.parsed])
@@ -216,11 +218,11 @@ class ContinualRunner:
             settings = dataclasses.replace(self.config.inner_loop, learning_rate=learning_rate, seed=seed + attempt)
             result, = self.updater.train([TrainJob(sequences, settings)])
             self.state.set([*accepted, result.adapter])
+            scores = self.closed_book_scores(sequence[: step + 1])  # the earlier passages are the probe
             info: dict[str, Any] = {"learning_rate": learning_rate, "final_loss": result.epoch_losses[-1]}
             if guarded:
-                after = self._probe(earlier)
-                score_before = before.score(before.general_answers)
-                score_after = after.score(before.general_answers)
+                after = Probe([s for qs in scores[:step] for s in qs], self._general_answers())
+                score_before, score_after = before.score(general_before), after.score(general_before)
                 drop = (score_before - score_after) if score_before is not None else 0.0
                 info.update(probe_before=score_before, probe_after=score_after, drop=drop,
                             accepted=drop <= guard.max_drop)
@@ -237,7 +239,6 @@ class ContinualRunner:
         else:
             save_adapter(self.loaded.model, adapter, self.adapter_dir(variant, order, step))
             accepted.append(adapter)
-            scores = self.closed_book_scores(sequence[: step + 1])
         return {
             "kind": "step", "variant": variant, "order": order, "step": step, "passage_id": passage.id,
             "title": passage.title, "order_ids": [p.id for p in sequence], "self_edit": edit.as_record(),
