@@ -95,7 +95,8 @@ def test_arc_eval_prints_icl_ttt_and_oracle_rows(tiny_model_dir, tmp_path, capsy
     out = tmp_path / "arc"
     assert main(["eval", *ARC, "--model", str(tiny_model_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for label in ("in-context learning", "TTT + self-edit", "oracle TTT (best of 4"):
+    for label in ("in-context learning", "TTT + self-edit", "oracle TTT (best of 4", "success [95% CI]",
+                  "usable self-edits"):
         assert label in printed
     records = _lines(out)
     assert sorted(r["condition"] for r in records) == ["icl", "icl", "oracle", "oracle", "ttt", "ttt"]

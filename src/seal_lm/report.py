@@ -11,20 +11,34 @@ from seal_lm.stats import Estimate
 
 
 def eval_table(summary: dict[str, Any], title: str = "Closed-book accuracy") -> Table:
+    """One row per condition; few-shot summaries (unit "task") count tasks instead of passages and questions."""
     grader = summary["grader"]
+    per_task = summary.get("unit") == "task"
+    if per_task:
+        title = "Task success"
     table = Table(title=f"{title} ({summary['model']}, grader: {grader})", caption=summary.get("setting"))
-    for name, justify in [("condition", "left"), ("accuracy [95% CI]", "right"), ("passages", "right"),
-                          ("questions", "right"), ("s / passage", "right")]:
+    columns = ([("condition", "left"), ("success [95% CI]", "right"), ("tasks", "right"), ("s / task", "right")]
+               if per_task else
+               [("condition", "left"), ("accuracy [95% CI]", "right"), ("passages", "right"), ("questions", "right"),
+                ("s / passage", "right")])
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for row in summary["conditions"].values():
         estimate = Estimate(**row["accuracy"][grader])
-        table.add_row(row["label"], str(estimate), str(row["passages"]), str(row["questions"]),
-                      f"{row['seconds_per_passage']:.1f}")
+        counts = [str(row["passages"])] if per_task else [str(row["passages"]), str(row["questions"])]
+        table.add_row(row["label"], str(estimate), *counts, f"{row['seconds_per_passage']:.1f}")
     return table
 
 
 def print_eval_table(summary: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(eval_table(summary))
+    """The table, then how many self-edits were usable per row (valid JSON in range, for few-shot)."""
+    console = console or Console()
+    console.print(eval_table(summary))
+    for row in summary["conditions"].values():
+        statuses = row.get("self_edit_status") or {}
+        if statuses:
+            console.print(f"{row['label']}: usable self-edits {statuses.get('ok', 0)} of {sum(statuses.values())} "
+                          f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
 
 
 def print_forgetting(summary: dict[str, Any], console: Console | None = None) -> None:

@@ -278,7 +278,7 @@ class FewShotDomain:
                 "accuracy": {"exact": mean_with_interval([r["accuracy"]["exact"] for r in recs]).as_dict()},
                 "self_edit_status": dict(statuses),
             }
-        return {"grader": "exact", "model": display_name(self.config.model.name),
+        return {"grader": "exact", "unit": "task", "model": display_name(self.config.model.name),
                 "setting": f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; "
                            "success = exact test output (voting over 8 views)",
                 "conditions": rows}
