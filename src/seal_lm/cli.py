@@ -18,6 +18,7 @@ from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
 
 if TYPE_CHECKING:
+    from seal_lm.executors import ExecutorSettings
     from seal_lm.recipes.adapt import AdaptConfig
     from seal_lm.recipes.continual import ContinualConfig
     from seal_lm.recipes.fewshot import FewShotConfig
@@ -82,8 +83,10 @@ def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bo
                         help=f"self-edit sampling temperature (default {sampling.temperature})")
     parser.add_argument("--top-p", type=float, default=sampling.top_p,
                         help=f"self-edit nucleus sampling (default {sampling.top_p})")
-    parser.add_argument("--grader", default=d.grader, choices=sorted(GRADERS),
-                        help=f"which grader is the accuracy; all are recorded (default {d.grader}, see README)")
+    parser.add_argument("--grader", default=d.grader, choices=sorted([*GRADERS, "judge"]),
+                        help=f"which grader is the accuracy; all are recorded (default {d.grader}; judge needs --judge "
+                             "or --judge-url, see README)")
+    _add_judge_args(parser)
     parser.add_argument("--passages-per-batch", type=int, default=d.passages_per_batch,
                         help="passages whose self-edits, inner loops and answers run batched together "
                              f"(default {d.passages_per_batch})")
@@ -93,6 +96,18 @@ def _add_eval_args(parser: argparse.ArgumentParser, d: EvalConfig, with_data: bo
     _add_run_args(parser)
     _add_model_args(parser, d.model)
     _add_inner_loop_args(parser, d.inner_loop)
+
+
+def _add_judge_args(parser: argparse.ArgumentParser) -> None:
+    from seal_lm.judge import JudgeSettings
+
+    group = parser.add_argument_group("LLM judge (grades every answer too; --grader judge makes it the accuracy)")
+    group.add_argument("--judge", metavar="MODEL", help="a local judge model (any --model value; loaded with --dtype/--device)")
+    group.add_argument("--judge-url", metavar="URL", help="an OpenAI-compatible endpoint as judge (seal serve, vLLM, a hosted API)")
+    group.add_argument("--judge-model", metavar="NAME", help="the model the --judge-url endpoint serves, e.g. gpt-4.1")
+    group.add_argument("--judge-api-key-env", metavar="VAR", default=JudgeSettings.api_key_env,
+                       help=f"environment variable holding the endpoint's API key (default {JudgeSettings.api_key_env}; "
+                            "the key itself is never stored)")
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +229,15 @@ def _add_rest_em_args(parser: argparse.ArgumentParser, r: RestEmSettings, unit: 
                             f"original model (default {r.adapt})")
     group.add_argument(f"--{unit}s-per-rollout-batch", dest="per_rollout_batch", type=int, default=r.contexts_per_batch,
                        help=f"training {unit}s sampled and scored together (default {r.contexts_per_batch})")
+    group = parser.add_argument_group("where the rewards' inner loops run (not part of the run's config)")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: in this process (default); ray: on a Ray cluster, one model replica per worker")
+    group.add_argument("--ray-address", default=None,
+                       help="join this Ray cluster (auto, or ray://host:10001); default: start a local one")
+    group.add_argument("--workers", type=int, default=2, help="Ray workers, each holding one model (default 2)")
+    group.add_argument("--cpus-per-worker", type=float, default=1, help="CPU slots per Ray worker (default 1)")
+    group.add_argument("--gpus-per-worker", type=float, default=0,
+                       help="GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)")
     p = r.policy_update
     group = parser.add_argument_group("policy update (LoRA SFT on kept self-edits, merged after each round)")
     group.add_argument("--policy-lr", type=float, default=p.learning_rate, help=f"default {p.learning_rate}")
@@ -312,6 +336,20 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
                        help=f"questions the model writes per document to check itself (default "
                             f"{defaults.self_check_questions}; 0: none)")
     _add_continual_args(adapt, defaults)
+    serve_cmd = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server for the model and any saved LoRA adapters",
+        description="Serves /v1/models, /v1/completions, /v1/chat/completions and vLLM's /v1/load_lora_adapter and "
+                    "/v1/unload_lora_adapter; a request's \"model\" picks the base model or an adapter by name. "
+                    "Concurrent requests are batched.",
+    )
+    _add_model_args(serve_cmd, ModelSettings())
+    serve_cmd.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                           help="serve the PEFT adapter saved in PATH under the name NAME (repeatable)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve_cmd.add_argument("--api-key", default=os.environ.get("SEAL_API_KEY"),
+                           help="require 'Authorization: Bearer KEY' on every request (default: $SEAL_API_KEY, else none)")
+    serve_cmd.add_argument("--max-batch", type=int, default=32, help="most prompts generated together (default 32)")
     report = sub.add_parser("report", help="write an HTML page and PNG plots for a run directory",
                             description="Writes RUN_DIR/report/index.html (self-contained) and the plots as PNG files.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by seal eval, demo or train")
@@ -408,7 +446,14 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     else:
         conditions = ("base", "passage", "self-edit") + (("teacher",) if teacher else ())
     targets = args.target_modules if args.target_modules == "all-linear" else _comma_list(args.target_modules)
+    from seal_lm.judge import JudgeSettings
+
+    judge = None
+    if args.judge or args.judge_url or args.judge_model:  # JudgeSettings.validate explains a bad combination
+        judge = JudgeSettings(model=args.judge, url=args.judge_url, endpoint_model=args.judge_model,
+                              api_key_env=args.judge_api_key_env)
     return EvalConfig(
+        judge=judge,
         data=getattr(args, "data", None),
         skip=getattr(args, "skip", 0),
         limit=args.limit,
@@ -451,6 +496,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(args.run_dir)}")
         return 0
+    if args.command == "serve":
+        return _serve(args)
     from seal_lm.recipes.fewshot import FewShotConfig, run_fewshot_eval, run_fewshot_train
     from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
     from seal_lm.recipes.knowledge_train import TrainConfig, run_train
@@ -475,12 +522,14 @@ def _run_command(args: argparse.Namespace) -> int:
         return 0
     domain = stored.get("domain", "knowledge") if stored else getattr(args, "domain", "knowledge")
     progress = not args.no_progress
+    executor = _executor_settings(args) if args.command == "train" else None
     if domain == "arc":
         config = config_from_dict(FewShotConfig, stored, str(out)) if stored else _fewshot_config(args)
-        summary = (run_fewshot_train if args.command == "train" else run_fewshot_eval)(config, out, progress)
+        summary = (run_fewshot_train(config, out, progress, executor) if args.command == "train"
+                   else run_fewshot_eval(config, out, progress))
     elif args.command == "train":
         config = config_from_dict(TrainConfig, stored, str(out)) if stored else _train_config(args)
-        summary = run_train(config, out, progress)
+        summary = run_train(config, out, progress, executor)
     else:
         config = config_from_dict(EvalConfig, stored, str(out)) if stored else _eval_config(args)
         summary = run_eval(config, out, progress, label=f"seal {args.command}")
@@ -490,6 +539,39 @@ def _run_command(args: argparse.Namespace) -> int:
               f"{100 * row['mean_baseline']:.1f}%; a self-edit beat it on {row['kept']} of {row['contexts']} contexts")
     print(f"run directory: {out}  (seal report {out} draws the plots)")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from seal_lm.serve import serve
+    except ImportError as exc:
+        raise SealError(f"seal serve needs the serve extra: pip install 'seal-lm[serve]' ({exc.name} is missing)") from None
+    from seal_lm.models import load_model
+
+    adapters: dict[str, str] = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise SealError(f"--adapter {item!r}: expected NAME=PATH")
+        if name in adapters:
+            raise SealError(f"--adapter {name}: given twice")
+        adapters[name] = path
+    if args.max_batch < 1:
+        raise SealError(f"--max-batch must be at least 1 (got {args.max_batch})")
+    if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"seal serve: warning: listening on {args.host} without --api-key", file=sys.stderr)
+    loaded = load_model(ModelSettings(args.model, args.dtype, args.device, args.trust_remote_code))
+    serve(loaded, loaded.name, host=args.host, port=args.port, adapters=adapters, api_key=args.api_key,
+          max_batch=args.max_batch)
+    return 0
+
+
+def _executor_settings(args: argparse.Namespace) -> ExecutorSettings:
+    from seal_lm.executors import ExecutorSettings
+
+    if args.workers < 1:
+        raise SealError(f"--workers must be at least 1 (got {args.workers})")
+    return ExecutorSettings(args.executor, args.ray_address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
 
 
 def _comma_list(text: str) -> tuple[str, ...]:

@@ -39,6 +39,18 @@ def print_eval_table(summary: dict[str, Any], console: Console | None = None) ->
         if statuses:
             console.print(f"{row['label']}: usable self-edits {statuses.get('ok', 0)} of {sum(statuses.values())} "
                           f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
+    if "judge_agreement" in summary:
+        console.print(judge_agreement_line(summary["judge_agreement"]))
+
+
+def judge_agreement_line(agreement: dict[str, dict[str, Any]]) -> str:
+    """How often the judge agrees with each string grader, with Cohen's kappa, in one line."""
+    n = max((a["n"] for a in agreement.values()), default=0)
+    if not n:
+        return "judge agreement: no judged questions"
+    kappa = lambda k: "n/a" if k is None else f"{k:.2f}"
+    parts = [f"{g} {100 * a['agreement']:.1f}% (kappa {kappa(a['kappa'])})" for g, a in agreement.items()]
+    return f"judge agreement with the string graders over {n} questions: {', '.join(parts)}"
 
 
 def print_forgetting(summary: dict[str, Any], console: Console | None = None) -> None:

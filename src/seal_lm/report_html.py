@@ -351,6 +351,22 @@ def _accuracy_section(rows: list[dict[str, Any]], grader: str, plots: _Plots) ->
     return "".join(parts)
 
 
+def _judge_section(summary: dict[str, Any] | None) -> str:
+    """How often the LLM judge agrees with each string grader (present when the run had a judge)."""
+    agreement = _dig(summary, "judge_agreement")
+    if not isinstance(agreement, dict) or not agreement:
+        return ""
+    rows = []
+    for grader, a in agreement.items():
+        rate = _num(_dig(a, "agreement"))
+        rows.append([_esc(grader), _esc(DASH if rate is None else f"{100 * rate:.1f}%"),
+                     _esc(_fmt(_dig(a, "kappa"), ".2f")), _esc(_dig(a, "n") or 0)])
+    return ('<h2 id="judge">Judge agreement</h2>\n<p class="note">Per question, the LLM judge\'s verdict against '
+            "each string grader's score (both 0/1 at 0.5): the share of questions where they agree, and Cohen's "
+            "kappa, the agreement beyond chance (1: always agree, 0: no better than chance).</p>\n"
+            + _table(["grader", "agreement", "kappa", "n"], rows, numeric={1, 2, 3}))
+
+
 def _rollout_stats(rollouts: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """Per round: one entry per passage with its rewards, baseline, best and mean gain."""
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -719,6 +735,37 @@ def _continual_section(summary: dict[str, Any] | None, steps: list[dict[str, Any
     return "".join(parts)
 
 
+def _adapt_section(summary: dict[str, Any] | None, plots: _Plots) -> str:
+    """`seal adapt`: self-check accuracy per document, closed-book, before and after the updates."""
+    if not summary or summary.get("kind") != "adapt":
+        return ""
+    estimate = lambda e: Estimate(**e) if e else None
+    docs = summary["documents"]
+    rows = [[_esc(d["title"]), _esc(d["questions"]), _esc(_fmt_estimate(estimate(d["before"]))),
+             _esc(_fmt_estimate(estimate(d["after"]))), _esc("accepted" if d["accepted"] else "refused")]
+            for d in docs]
+    rows.append(["<b>all</b>", _esc(sum(d["questions"] for d in docs)),
+                 _esc(_fmt_estimate(estimate(summary["before"]))), _esc(_fmt_estimate(estimate(summary["after"]))),
+                 _esc(f"{summary['refused']} refused")])
+    parts = ['<h2 id="adapt">What was learned</h2>\n<p class="note">Questions the model wrote about each document '
+             "with the document in view, answered closed-book before and after the updates and graded against its "
+             f"own open-book answers ({_esc(summary['grader'])}); no gold answers. Saved: "
+             f"{_esc(summary.get('saved') or 'nothing')}.</p>\n",
+             _table(["document", "questions", "before [95% CI]", "after [95% CI]", "update"], rows,
+                    numeric={1, 2, 3})]
+    fig, axes = plots.figure()
+    ax = axes[0][0]
+    xs = range(len(docs))
+    for offset, key, colour in ((-0.2, "before", "#999999"), (0.2, "after", "#4c72b0")):
+        ax.bar([x + offset for x in xs], [100 * d[key]["mean"] if d[key] else 0 for d in docs], width=0.4,
+               color=colour, label=key)
+    ax.set_xticks(list(xs), [d["title"][:18] for d in docs], rotation=30, ha="right")
+    ax.set_ylabel(f"self-check {summary['grader']}, %")
+    ax.legend()
+    parts.append(plots.save(fig, "adapt", "self-check accuracy per document before and after"))
+    return "".join(parts)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write `run_dir/report/index.html` (plots embedded) and the plots as PNG files; return the HTML path."""
     run_dir = Path(run_dir)
@@ -750,6 +797,7 @@ def write_report(run_dir: str | Path) -> Path:
     stats = _rollout_stats(rollouts)
     sections = [
         _accuracy_section(_accuracy_rows(summary, evals, grader, teacher), grader, plots),
+        _judge_section(summary),
         _rewards_section(stats, plots),
         _beat_section(stats, plots),
         _gains_section(stats, plots),
@@ -757,6 +805,7 @@ def write_report(run_dir: str | Path) -> Path:
         _policy_section(sfts, _timing_rows(summary, records)),
         _grids_section(evals),
         _continual_section(summary, steps, plots),
+        _adapt_section(summary, plots),
     ]
     body = "".join(s for s in sections if s) or '<p class="note">This run has no records to report yet.</p>\n'
 

@@ -12,7 +12,6 @@ import json
 import os
 import time
 import typing
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,49 +71,65 @@ class RunDir:
         config_path = self.path / CONFIG_FILE
         if config_path.exists():
             previous = json.loads(config_path.read_text())
-            if previous != config:
-                changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+            if not _same_config(previous, config):
+                changed = sorted(k for k in set(previous) | set(config)
+                                 if not _same_config(previous.get(k), config.get(k)))
                 raise SealError(
                     f"{config_path}: run directory holds a run with a different config "
                     f"(fields: {', '.join(changed)}); choose another --out"
                 )
         else:
             _write_atomic(config_path, json.dumps(config, indent=2, default=str))
-        self.records: list[dict[str, Any]] = list(self._read_results())
+        self.records: list[dict[str, Any]] = read_jsonl(self.path / RESULTS_FILE)
 
     @classmethod
     def new_path(cls, root: str | Path, kind: str) -> Path:
         return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
 
-    def _read_results(self) -> Iterator[dict[str, Any]]:
-        path = self.path / RESULTS_FILE
-        if not path.exists():
-            return
-        good_bytes = 0
-        with path.open("rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut short by a killed process: drop it and everything after
-                if not line.endswith(b"\n"):
-                    break
-                good_bytes += len(line)
-                yield record
-        if good_bytes != path.stat().st_size:
-            os.truncate(path, good_bytes)
-
     def append(self, record: dict[str, Any]) -> None:
-        with (self.path / RESULTS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path / RESULTS_FILE, [record])
         self.records.append(record)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.path / SUMMARY_FILE
         _write_atomic(path, json.dumps(summary, indent=2, default=str))
         return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of `path` (none if it does not exist). A last line cut short by a killed process
+    is dropped, with everything after it, and cut from the file so that appending goes on cleanly."""
+    if not path.exists():
+        return []
+    records, good_bytes = [], 0
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        os.truncate(path, good_bytes)
+    return records
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append `records` as JSON lines and force them to disk before returning."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _same_config(previous: Any, config: Any) -> bool:
+    """Equal, except that a key one side lacks counts as null: a field added later with a None default
+    (e.g. `judge`) leaves run directories written before it resumable."""
+    if isinstance(previous, dict) and isinstance(config, dict):
+        return all(_same_config(previous.get(k), config.get(k)) for k in set(previous) | set(config))
+    return previous == config
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -32,6 +32,7 @@ from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt, s
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
+from seal_lm.executors import ExecutorSettings
 from seal_lm.recipes.rest_em import RestEmSettings, Scored, run_rest_em
 from seal_lm.runs import RunDir, derived_seed
 from seal_lm.stats import mean_with_interval
@@ -302,8 +303,10 @@ def run_fewshot_eval(config: FewShotConfig, out: str | Path, show_progress: bool
     return summary
 
 
-def run_fewshot_train(config: FewShotConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_fewshot_train(config: FewShotConfig, out: str | Path, show_progress: bool = True,
+                      executor: ExecutorSettings | None = None) -> dict[str, Any]:
     """ReST-EM on the training tasks, the evaluation table before and after each round."""
     config.validate()
     run = RunDir(out, config.as_dict())
-    return run_rest_em(config.rest_em, FewShotDomain(config), config.model, run, config.seed, show_progress)
+    return run_rest_em(config.rest_em, FewShotDomain(config), config.model, run, config.seed, show_progress,
+                       executor)

@@ -9,11 +9,14 @@ on the pooled training data of `docs` passages, after which all their questions 
   teacher    - after a LoRA update on the passage plus self-edits written by another model.
 Every (passage, condition) is one JSON line in the run directory, appended as soon as its group of
 passages finishes; rerunning with the same --out resumes and skips what is done.
+With `judge` set, an LLM judge (seal_lm.judge) grades every answer as well, and the summary says how
+often it agrees with each string grader.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,12 +32,22 @@ from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_seque
 from seal_lm.generation import Generator, HFGenerator, SamplingParams
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.judge import (
+    CACHE_FILE,
+    JUDGE,
+    JudgeSettings,
+    LLMJudge,
+    agreement,
+    build_judge,
+)
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
 from seal_lm.runs import RunDir, derived_seed
 from seal_lm.stats import mean_with_interval
 
 CONDITIONS = ("base", "passage", "self-edit", "teacher")
 MODES = ("single", "cpt")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,11 +72,21 @@ class EvalConfig:
     adapters_per_pass: int = 16  # inner loops trained together in one multi-adapter pass (memory vs speed)
     mode: str = "single"  # "single": one update per passage; "cpt": one update per pool of `docs` passages
     docs: int | None = None  # cpt pool size (None: every evaluated passage in one pool)
+    judge: JudgeSettings | None = None  # an LLM judge grades every answer too (grader "judge")
+
+    @property
+    def graders(self) -> tuple[str, ...]:
+        """The scores every question gets: the string graders, and the judge's when there is one."""
+        return (*GRADERS, JUDGE) if self.judge else tuple(GRADERS)
 
     def validate(self) -> None:
         get_format(self.format)
-        if self.grader not in GRADERS:
-            raise SealError(f"unknown grader '{self.grader}' (choose one of: {', '.join(GRADERS)})")
+        if self.judge:
+            self.judge.validate()
+        if self.grader == JUDGE and not self.judge:
+            raise SealError("grader 'judge' needs a judge: --judge MODEL, or --judge-url URL --judge-model NAME")
+        if self.grader not in self.graders:
+            raise SealError(f"unknown grader '{self.grader}' (choose one of: {', '.join(GRADERS)}, {JUDGE})")
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise SealError(f"unknown condition(s) {', '.join(unknown)} (choose from: {', '.join(CONDITIONS)})")
@@ -98,12 +121,14 @@ class KnowledgeEvaluator:
     """Runs one condition for a group of passages at a time: self-edits for all of them in one
     batched generation, all their inner loops in one multi-adapter pass, all answers in one batch."""
 
-    def __init__(self, config: EvalConfig, loaded: LoadedModel, teacher: Generator | None = None):
+    def __init__(self, config: EvalConfig, loaded: LoadedModel, teacher: Generator | None = None,
+                 judge: LLMJudge | None = None):
         self.config = config
         self.loaded = loaded
         self.generator = HFGenerator(loaded)
         self.updater = LoraUpdater(loaded, config.inner_loop, max_adapters=config.adapters_per_pass)
         self.teacher = teacher
+        self.judge = judge
         self.fmt = get_format(config.format)
 
     def run(self, passages: list[Passage], condition: str, round_: int = 0) -> list[dict[str, Any]]:
@@ -149,14 +174,25 @@ class KnowledgeEvaluator:
                     {"sequences": seqs, "epoch_losses": r.epoch_losses, "tokens": r.train_tokens, "seconds": r.seconds}
                     for seqs, r in zip(sets, rs)
                 ]
-        seconds = (time.perf_counter() - started) / len(passages)
+        seconds = (time.perf_counter() - started) / len(passages)  # without the judge: grading is not SEAL's cost
         for record, passage_samples in zip(records, samples):
             record["questions"] = _merge_samples(passage_samples)
+        if self.judge:
+            self._judge([q for record in records for q in record["questions"]])
+        for record in records:
             record["accuracy"] = {
-                g: sum(q["scores"][g] for q in record["questions"]) / len(record["questions"]) for g in GRADERS
+                g: sum(q["scores"][g] for q in record["questions"]) / len(record["questions"])
+                for g in self.config.graders
             }
             record["seconds"] = seconds
         return records
+
+    def _judge(self, questions: list[dict]) -> None:
+        """The judge's score of each question, averaged over its predictions; one batch for the whole group."""
+        items = [(q["question"], q["answers"], p) for q in questions for p in q["predictions"]]
+        verdicts = iter(self.judge.grade(items))
+        for q in questions:
+            q["scores"][JUDGE] = sum(next(verdicts) for _ in q["predictions"]) / len(q["predictions"])
 
 
 def _merge_samples(samples: list[list[dict]]) -> list[dict]:
@@ -201,16 +237,23 @@ def evaluate_round(config: EvalConfig, model: LoadedModel | None, round_: int, r
     teacher = None
     if any(c == "teacher" for _, c in todo):
         teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
-    evaluator = KnowledgeEvaluator(config, loaded, teacher)
+    judge = build_judge(config.judge, config.model, run.path / CACHE_FILE) if config.judge else None
+    evaluator = KnowledgeEvaluator(config, loaded, teacher, judge)
     total = len(passages) * len(conditions)
-    with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="passage",
-              disable=not show_progress) as bar:
-        for group, condition in todo:
-            bar.set_postfix_str(condition)
-            for record in evaluator.run(group, condition, round_):
-                if (record["passage_id"], condition) not in done:
-                    run.append(record)
-            bar.update(len(group))
+    try:
+        with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="passage",
+                  disable=not show_progress) as bar:
+            for group, condition in todo:
+                bar.set_postfix_str(condition)
+                for record in evaluator.run(group, condition, round_):
+                    if (record["passage_id"], condition) not in done:
+                        run.append(record)
+                bar.update(len(group))
+    finally:
+        if judge:
+            judge.close()
+            log.info("judge %s: %d prompts sent, %d answers from the cache, %d unparsed (counted as no)",
+                     judge.name, judge.stats.calls, judge.stats.cache_hits, judge.stats.unparsed)
 
 
 def _is_eval(record: dict[str, Any]) -> bool:
@@ -235,12 +278,16 @@ def summarize(records: list[dict], config: EvalConfig) -> dict[str, Any]:
             "passages": len(recs),
             "questions": len(questions),
             "seconds_per_passage": sum(r["seconds"] for r in recs) / len(recs),
-            "accuracy": {g: mean_with_interval([q["scores"][g] for q in questions]).as_dict() for g in GRADERS},
+            "accuracy": {g: mean_with_interval([q["scores"][g] for q in questions]).as_dict() for g in config.graders},
             "self_edit_status": dict(statuses),
         }
     setting = ("single passage: one LoRA update per passage" if config.mode == "single" else
                f"continued pretraining: one LoRA update per {config.docs or len(wanted)} pooled passages")
-    return {"grader": config.grader, "model": display_name(config.model.name), "setting": setting, "conditions": rows}
+    summary = {"grader": config.grader, "model": display_name(config.model.name), "setting": setting,
+               "conditions": rows}
+    if config.judge:
+        summary["judge_agreement"] = agreement(evals)
+    return summary
 
 
 def condition_label(condition: str, config: EvalConfig) -> str:

@@ -22,6 +22,7 @@ from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel
 from seal_lm.recipes.knowledge_eval import EvalConfig, evaluate_round, summarize
+from seal_lm.executors import ExecutorSettings
 from seal_lm.recipes.rest_em import RestEmSettings, Scored, run_rest_em
 from seal_lm.runs import RunDir
 
@@ -43,6 +44,9 @@ class TrainConfig:
     def validate(self) -> None:
         self.eval.validate()
         self.rest_em.validate()
+        if self.eval.grader == "judge":  # thousands of rewards per round: judging each would dwarf the inner loops
+            raise SealError("seal train: ReST-EM rewards need a string grader (exact, f1, contains); "
+                            "add --judge to have held-out answers judged as well")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,9 +126,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def run_train(config: TrainConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_train(config: TrainConfig, out: str | Path, show_progress: bool = True,
+              executor: ExecutorSettings | None = None) -> dict[str, Any]:
     """Run (or resume) ReST-EM into `out`; return the summary that is also written there."""
     config.validate()
     run = RunDir(out, config.as_dict())
-    return run_rest_em(config.rest_em, KnowledgeDomain(config), config.eval.model, run, config.eval.seed, show_progress)
+    return run_rest_em(config.rest_em, KnowledgeDomain(config), config.eval.model, run, config.eval.seed, show_progress,
+                       executor)
 

@@ -19,6 +19,7 @@ seeded by what it is, never by when it runs, and the policy is always reloaded f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from seal_lm.adapters import merge_adapter
 from seal_lm.errors import SealError
+from seal_lm.executors import Executor, ExecutorSettings
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
@@ -115,28 +117,44 @@ def contexts_for_round(contexts: Sequence[Any], round_: int, per_round: int) -> 
     return [contexts[(start + i) % len(contexts)] for i in range(min(per_round, len(contexts)))]
 
 
+def _score_group(domain: Domain, repeats: int, model: LoadedModel, payload: tuple) -> list[Scored]:
+    """One executor job: the inner loops (rewards) of one group of contexts."""
+    contexts, completions, seed = payload
+    return domain.score(model, contexts, completions, repeats, seed)
+
+
 def run_rest_em(settings: RestEmSettings, domain: Domain, model: ModelSettings, run: RunDir, seed: int = 0,
-                show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) all rounds into `run`; return the summary that is also written there."""
+                show_progress: bool = True, executor: ExecutorSettings | None = None) -> dict[str, Any]:
+    """Run (or resume) all rounds into `run`; return the summary that is also written there. The rewards'
+    inner loops run on `executor` (default: in this process); everything else runs here."""
     settings.validate()
-    base = load_model(model)
-    domain.evaluate(base, 0, run, show_progress)
-    policy, policy_source = base, base.source
-    for round_ in range(1, settings.rounds + 1):
-        _collect_rollouts(settings, domain, policy if settings.adapt == "policy" else base, policy, round_, run,
-                          seed, show_progress)
-        policy_source = _update_policy(settings, domain, model, policy, policy_source, round_, run, seed)
-        if policy_source != policy.source:
-            policy = load_model(dataclasses.replace(model, name=policy_source))
-        domain.evaluate(policy, round_, run, show_progress)
+    executor = (executor or ExecutorSettings()).create()
+    try:
+        base = load_model(model)
+        domain.evaluate(base, 0, run, show_progress)
+        policy, policy_source = base, base.source
+        for round_ in range(1, settings.rounds + 1):
+            adapted = policy if settings.adapt == "policy" else base
+            adapted_settings = dataclasses.replace(model, name=adapted.source)
+            _collect_rollouts(settings, domain, executor, adapted_settings, adapted, policy, round_, run, seed,
+                              show_progress)
+            policy_source = _update_policy(settings, domain, model, policy, policy_source, round_, run, seed)
+            if policy_source != policy.source:
+                policy = load_model(dataclasses.replace(model, name=policy_source))
+            domain.evaluate(policy, round_, run, show_progress)
+    finally:
+        executor.close()
     summary = domain.summarize(run.records)
     summary["rounds"] = _round_summaries(run.records, settings.rounds)
     run.write_summary(summary)
     return summary
 
 
-def _collect_rollouts(settings: RestEmSettings, domain: Domain, adapted: LoadedModel, policy: LoadedModel,
-                      round_: int, run: RunDir, seed: int, show_progress: bool) -> None:
+def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Executor, adapted_settings: ModelSettings,
+                      adapted: LoadedModel, policy: LoadedModel, round_: int, run: RunDir, seed: int,
+                      show_progress: bool) -> None:
+    """Sample every missing group's self-edits here, then score the groups on the executor, appending
+    each group's records as soon as its rewards arrive."""
     contexts = contexts_for_round(domain.training_contexts(), round_, settings.contexts_per_round)
     done = {r["context_id"] for r in run.records if r.get("kind") == "rollout" and r["round"] == round_}
     groups = [contexts[i : i + settings.contexts_per_batch] for i in range(0, len(contexts), settings.contexts_per_batch)]
@@ -144,17 +162,23 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, adapted: LoadedM
     if not todo:
         return
     generator = HFGenerator(policy)
+    payloads, generation_seconds = [], []
+    for group in tqdm(todo, desc=f"round {round_}: self-edits", unit="group", disable=not show_progress):
+        unit_seed = derived_seed(seed, "rollout", round_, *(c.id for c in group))
+        started = time.perf_counter()
+        params = dataclasses.replace(domain.sampling, n=settings.samples_per_context, seed=unit_seed)
+        payloads.append((group, generator.generate([domain.self_edit_prompt(c) for c in group], params), unit_seed))
+        generation_seconds.append((time.perf_counter() - started) / len(group))
+    work = functools.partial(_score_group, domain, settings.reward_repeats)
     with tqdm(total=len(contexts), initial=len(contexts) - sum(map(len, todo)), unit="context",
-              desc=f"round {round_}: self-edits and rewards", disable=not show_progress) as bar:
-        for group in todo:
-            unit_seed = derived_seed(seed, "rollout", round_, *(c.id for c in group))
+              desc=f"round {round_}: rewards", disable=not show_progress) as bar:
+        started = time.perf_counter()
+        for index, scored in executor.map(work, adapted_settings, payloads, loaded=adapted):
+            group, completions, _ = payloads[index]
+            # Wall time per context since scoring began, shared by the groups finished so far.
+            per_context = {"generation": generation_seconds[index],
+                           "rewards": (time.perf_counter() - started) / len(group)}
             started = time.perf_counter()
-            params = dataclasses.replace(domain.sampling, n=settings.samples_per_context, seed=unit_seed)
-            completions = generator.generate([domain.self_edit_prompt(c) for c in group], params)
-            generated = time.perf_counter()
-            scored = domain.score(adapted, group, completions, settings.reward_repeats, unit_seed)
-            per_context = {"generation": (generated - started) / len(group),
-                           "rewards": (time.perf_counter() - generated) / len(group)}
             for context, outs, result in zip(group, completions, scored):
                 if context.id in done:
                     continue
