@@ -9,6 +9,7 @@ from seal_lm.cli import main
 from seal_lm.domains.fewshot.augment import voting_augmentations
 from seal_lm.domains.fewshot.tasks import procedural_tasks
 from seal_lm.domains.fewshot.ttt import predict, ttt_job
+from seal_lm.errors import SealError
 from seal_lm.formats.fewshot import EXAMPLE, RESPONSE_PREFIX, parse_config, self_edit_prompt, self_edit_text
 from seal_lm.generation import HFGenerator
 from seal_lm.inner_loop import Example, InnerLoopSettings
@@ -130,3 +131,9 @@ def test_arc_report_draws_grids_of_tasks(tiny_model_dir, tmp_path):
     assert main(["report", str(out)]) == 0
     page = (out / "report" / "index.html").read_text()
     assert "Grid tasks" in page and 'class="grid"' in page and "true output" in page
+
+
+def test_oracle_configurations_are_checked_against_the_epoch_bound_only_when_the_oracle_runs():
+    FewShotConfig(conditions=("icl", "ttt"), max_epochs=2).validate()
+    with pytest.raises(SealError, match="raise --max-epochs or leave out the oracle"):
+        FewShotConfig(max_epochs=2).validate()

@@ -45,3 +45,5 @@ def test_interval_for_fractional_scores_and_empty():
     est = mean_with_interval([0.5, 0.25, 0.75, 0.5])
     assert est.low < 0.5 < est.high
     assert mean_with_interval([]).n == 0
+    single = mean_with_interval([0.9])  # one F1 value: no spread to estimate, so no false precision
+    assert (single.mean, single.low, single.high, single.n) == (0.9, 0.0, 1.0, 1)

@@ -37,6 +37,8 @@ def mean_with_interval(values: Sequence[float]) -> Estimate:
         centre = (mean + Z95**2 / (2 * n)) / denom
         half = Z95 * math.sqrt(mean * (1 - mean) / n + Z95**2 / (4 * n * n)) / denom
         return Estimate(mean, max(0.0, centre - half), min(1.0, centre + half), n)
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    if n == 1:  # one graded value says nothing about its spread
+        return Estimate(mean, 0.0, 1.0, 1)
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = Z95 * math.sqrt(var / n)
     return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)

@@ -97,10 +97,11 @@ class FewShotConfig:
             raise SealError(f"unknown condition(s) {', '.join(unknown)} for the arc domain (choose from: {', '.join(CONDITIONS)})")
         if not 1 <= self.max_epochs <= 10:
             raise SealError(f"max_epochs must be in [1, 10] (got {self.max_epochs})")
-        for text in self.oracle_configs:
+        for text in self.oracle_configs if "oracle" in self.conditions else ():
             parsed = parse_config(text, self.max_epochs)
             if parsed.config is None:
-                raise SealError(f"oracle configuration {text}: {parsed.error}")
+                raise SealError(f"oracle configuration {text}: {parsed.error} (raise --max-epochs or leave out "
+                                "the oracle condition)")
         if min(self.self_edits_per_task, self.tasks_per_batch, self.adapters_per_pass, self.max_examples) < 1:
             raise SealError("self_edits_per_task, tasks_per_batch, adapters_per_pass and max_examples must be at least 1")
         self.rest_em.validate()
