@@ -181,7 +181,6 @@ def _fewshot_config(args: argparse.Namespace) -> FewShotConfig:
     from seal_lm.recipes.fewshot import FewShotConfig, preset
 
     base = preset(args.preset) if args.preset else FewShotConfig()
-    ids = lambda text: tuple(i.strip() for i in text.split(",") if i.strip())
     config = dataclasses.replace(
         base,
         tasks=getattr(args, "tasks", base.tasks), task_ids=_comma_list(getattr(args, "task_ids", "")),
@@ -569,8 +568,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _executor_settings(args: argparse.Namespace) -> ExecutorSettings:
     from seal_lm.executors import ExecutorSettings
 
-    if args.workers < 1:
-        raise SealError(f"--workers must be at least 1 (got {args.workers})")
     return ExecutorSettings(args.executor, args.ray_address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
 
 

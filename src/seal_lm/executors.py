@@ -71,6 +71,8 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int = 2, cpus: float = 1, gpus: float = 0,
                  max_attempts: int = 3):
+        if workers < 1:
+            raise SealError(f"workers must be at least 1 (got {workers})")
         try:
             import ray
         except ImportError:
@@ -78,8 +80,6 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-        if workers < 1:
-            raise SealError(f"workers must be at least 1 (got {workers})")
         self.remote_worker = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
         self.actors = [self.remote_worker.remote() for _ in range(workers)]
         self.max_attempts = max_attempts
