@@ -23,15 +23,16 @@ from seal_lm.adapters import combine_adapters, save_adapter
 from seal_lm.data import Passage, Question
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import DEFAULT_FORMAT
-from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
+from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
 from seal_lm.recipes.continual import ContinualConfig, ContinualRunner, GuardSettings
-from seal_lm.runs import RunDir
+from seal_lm.runs import RunDir, derived_seed
 from seal_lm.stats import mean_with_interval
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".json")
 SAVE_AS = ("adapter", "merged")
+SELF_CHECK_SAMPLES = 3  # completions pooled per document for its self-check questions
 _QA = re.compile(r"Question\s*\d*\s*:\s*(.+?)\s*\n\s*Answer\s*\d*\s*:\s*(.+)", re.IGNORECASE)
 
 
@@ -136,14 +137,17 @@ def parse_self_check(completion: str, n: int) -> list[Question]:
     return [Question(q, (a,)) for q, a in list(pairs.items())[:n]]
 
 
-def _self_check_questions(loaded: LoadedModel, documents: list[Passage], n: int, run: RunDir) -> list[Passage]:
-    """Documents with the model's own open-book questions attached, written once (before any update)."""
+def _self_check_questions(loaded: LoadedModel, documents: list[Passage], n: int, seed: int,
+                          run: RunDir) -> list[Passage]:
+    """Documents with the model's own open-book questions attached, written once (before any update).
+    Several seeded samples are pooled: greedy decoding of a small model repeats one question."""
     stored = next((r for r in run.records if r.get("kind") == "self-check-questions"), None)
     if stored is None:
         if n:
-            params = dataclasses.replace(GREEDY, max_new_tokens=48 * n)
+            params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=48 * n, n=SELF_CHECK_SAMPLES,
+                                    seed=derived_seed(seed, "self-check"))
             outs = HFGenerator(loaded).generate([self_check_prompt(d, n) for d in documents], params)
-            found = [parse_self_check(o[0], n) for o in outs]
+            found = [parse_self_check("\n\n".join(o), n) for o in outs]
         else:
             found = [[] for _ in documents]
         stored = {"kind": "self-check-questions",
@@ -159,7 +163,7 @@ def run_adapt(config: AdaptConfig, out: str | Path, show_progress: bool = True) 
     documents = load_documents(config.documents)
     run = RunDir(out, config.as_dict())
     loaded = load_model(config.model)
-    documents = _self_check_questions(loaded, documents, config.self_check_questions, run)
+    documents = _self_check_questions(loaded, documents, config.self_check_questions, config.seed, run)
     runner = ContinualRunner(config.as_continual(), loaded, documents, run)
     before = next((r for r in run.records if r.get("kind") == "self-check-before"), None)
     if before is None:
