@@ -1,5 +1,11 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 
 from seal_lm.adapters import combine_adapters, load_adapter, merge_adapter
@@ -118,3 +124,22 @@ def test_bad_general_prompts_file_is_a_one_line_error(tiny_model_dir, tmp_path, 
                       str(tmp_path / "missing.txt")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seal: error:") and "missing.txt" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_a_continual_process_killed_mid_run_resumes_to_the_same_records(tiny_model_dir, tmp_path):
+    """SIGKILL a real `seal continual` process after some steps, resume it, compare with a full run."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _continual(tiny_model_dir, full) == 0
+    args = ["continual", "--model", str(tiny_model_dir), *FAST, "--out", str(killed)]
+    proc = subprocess.Popen([sys.executable, "-m", "seal_lm.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = killed / "results.jsonl"
+    while proc.poll() is None and (not results.exists() or len(results.read_bytes().splitlines()) < 2):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["continual", "--resume", str(killed), "--no-progress"]) == 0
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    assert strip(_lines(killed)) == strip(_lines(full))
