@@ -140,16 +140,11 @@ class ModelState:
             merge_adapter(self.loaded.model, combine_adapters(adapters))
 
 
-@dataclass
-class Probe:
-    """Earlier passages' questions (graded) and general prompts (1 if the answer is unchanged)."""
-
-    question_scores: list[float]
-    general_answers: list[str]
-
-    def score(self, reference_answers: Sequence[str]) -> float | None:
-        items = self.question_scores + [float(a == r) for a, r in zip(self.general_answers, reference_answers)]
-        return sum(items) / len(items) if items else None
+def probe_score(question_scores: Sequence[float], unchanged: Sequence[bool]) -> float | None:
+    """The guard's probe: earlier passages' graded questions and, for each general prompt, 1 if its
+    answer did not change. None when there is nothing to probe (the first update)."""
+    items = [*question_scores, *map(float, unchanged)]
+    return sum(items) / len(items) if items else None
 
 
 class ContinualRunner:
@@ -206,7 +201,7 @@ class ContinualRunner:
         guarded = variant == "guard"
         # The model is as the previous step left it; `previous` holds its scores on the earlier passages.
         general_before = self._general_answers() if guarded else []
-        before = Probe([s for qs in previous for s in qs], general_before)
+        score_before = probe_score([s for qs in previous for s in qs], [True] * len(general_before))
         params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
         edit = write_self_edits(self.generator, [passage], self.fmt, params)[0][0]
         sequences = training_sequences(passage, [edit.parsed])
@@ -221,8 +216,8 @@ class ContinualRunner:
             scores = self.closed_book_scores(sequence[: step + 1])  # the earlier passages are the probe
             info: dict[str, Any] = {"learning_rate": learning_rate, "final_loss": result.epoch_losses[-1]}
             if guarded:
-                after = Probe([s for qs in scores[:step] for s in qs], self._general_answers())
-                score_before, score_after = before.score(general_before), after.score(general_before)
+                unchanged = [a == b for a, b in zip(self._general_answers(), general_before)]
+                score_after = probe_score([s for qs in scores[:step] for s in qs], unchanged)
                 drop = (score_before - score_after) if score_before is not None else 0.0
                 info.update(probe_before=score_before, probe_after=score_after, drop=drop,
                             accepted=drop <= guard.max_drop)

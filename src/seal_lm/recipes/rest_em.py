@@ -175,7 +175,8 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
         started = time.perf_counter()
         for index, scored in executor.map(work, adapted_settings, payloads, loaded=adapted):
             group, completions, _ = payloads[index]
-            # Wall time per context since scoring began, shared by the groups finished so far.
+            # Wall time since the previous group's rewards arrived, per context (on parallel workers the
+            # groups share the round's reward time).
             per_context = {"generation": generation_seconds[index],
                            "rewards": (time.perf_counter() - started) / len(group)}
             started = time.perf_counter()
