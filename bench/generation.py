@@ -27,6 +27,7 @@ def count_tokens(tokenizer, completions: list[list[str]]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="hub id, directory or .gguf (default: the embedded model)")
     parser.add_argument("--passages", type=int, default=8)
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    loaded = load_model(ModelSettings(dtype=args.dtype, device=args.device))
+    loaded = load_model(ModelSettings(name=args.model, dtype=args.dtype, device=args.device))
     fmt = get_format("implications")
     prompts = [fmt.prompt(p) for p in load_demo_corpus("validation")[: args.passages]]
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, n=args.samples, seed=0)

@@ -101,7 +101,7 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
     from seal_lm.models import ModelSettings, load_model
 
     torch.set_num_threads(args["threads"])
-    loaded = load_model(ModelSettings(device=args["device"], dtype=dtype))
+    loaded = load_model(ModelSettings(name=args["model"], device=args["device"], dtype=dtype))
     passage, jobs = build_jobs(args["k"])
     if method in ("reference", "plain", "packed-job"):
         jobs = jobs[:1]
@@ -218,6 +218,7 @@ def _train_reference(model, tokenizer, ids, settings) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="hub id, directory or .gguf (default: the embedded model)")
     parser.add_argument("--k", type=int, default=5, help="self-edits (inner-loop jobs) of the passage")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--reference-epochs", type=int, default=1)

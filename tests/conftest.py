@@ -1,9 +1,13 @@
 """Shared fixtures: a tiny, randomly initialised Llama built from a config (no download), and the
-embedded SmolLM2-135M model for integration tests (marked slow)."""
+embedded SmolLM2-135M model for integration tests (marked slow).
+
+SEAL_TEST_DEVICE=cuda runs the model-computing tests on a GPU (default cpu): the same assertions
+then check the CUDA paths."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
+TEST_DEVICE = os.environ.get("SEAL_TEST_DEVICE", "cpu")
 
 
 def build_tiny_model(directory: Path, chat: bool = True, seed: int = 0) -> Path:
@@ -57,13 +62,18 @@ def tiny_base_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_device() -> str:
+    return TEST_DEVICE
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_model_dir) -> LoadedModel:
-    return load_model(ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32"))
+    return load_model(ModelSettings(name=str(tiny_model_dir), device=TEST_DEVICE, dtype="float32"))
 
 
 @pytest.fixture(scope="session")
 def embedded() -> LoadedModel:
-    return load_model(ModelSettings(device="cpu"))
+    return load_model(ModelSettings(device=TEST_DEVICE))
 
 
 @pytest.fixture()

@@ -33,8 +33,8 @@ def test_orders_are_seeded_permutations_and_the_first_is_the_given_order():
     assert shuffled != passage_order(8, seed=0, order=2)
 
 
-def test_stacked_updates_are_their_exact_sum_and_the_state_is_rebuilt_from_the_original(tiny_model_dir):
-    loaded = load_model(ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32"))
+def test_stacked_updates_are_their_exact_sum_and_the_state_is_rebuilt_from_the_original(tiny_model_dir, test_device):
+    loaded = load_model(ModelSettings(name=str(tiny_model_dir), device=test_device, dtype="float32"))
     settings = InnerLoopSettings(rank=4, alpha=8, epochs=2, learning_rate=1e-2)
     first, second = (r.adapter for r in LoraUpdater(loaded, settings).train(
         [TrainJob(["Orlan Vesk built an observatory."]), TrainJob(["The Quillfen loom is green."])]))

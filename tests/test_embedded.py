@@ -60,7 +60,7 @@ def _answer_logprobs(model, tokenizer, prompts, answers):
     for prompt, answer in zip(prompts, answers):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + answer_ids])
+        ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
         with torch.no_grad():
             logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
         targets = ids[0, 1:]
@@ -80,7 +80,7 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert all(row["questions"] == 5 for row in summary["conditions"].values())
 
 
-def test_bfloat16_training_agrees_with_float32_within_seed_noise():
+def test_bfloat16_training_agrees_with_float32_within_seed_noise(test_device):
     """bf16 base weights, float32 adapters, optimizer state and loss: the loss curve and the rewards
     match float32 as closely as two float32 runs with different seeds match each other."""
     from dataclasses import replace
@@ -91,7 +91,7 @@ def test_bfloat16_training_agrees_with_float32_within_seed_noise():
     jobs = [TrainJob(training_sequences(p)) for p in passages]
     runs = {}
     for dtype, seed in [("float32", 0), ("float32", 1), ("bfloat16", 0)]:
-        loaded = load_model(ModelSettings(dtype=dtype, device="cpu"))
+        loaded = load_model(ModelSettings(dtype=dtype, device=test_device))
         results = LoraUpdater(loaded, replace(InnerLoopSettings(), seed=seed)).train(
             [TrainJob(j.sequences, replace(InnerLoopSettings(), seed=seed)) for j in jobs])
         graded = answer_questions(HFGenerator(loaded), passages, [r.adapter for r in results])

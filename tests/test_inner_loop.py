@@ -17,7 +17,7 @@ GREEDY_SHORT = SamplingParams(temperature=0.0, max_new_tokens=10)
 
 
 def _logits(model, text, tokenizer):
-    ids = tokenizer(text, return_tensors="pt")
+    ids = tokenizer(text, return_tensors="pt").to(model.device)
     with torch.no_grad():
         return model(**ids).logits
 
@@ -65,12 +65,13 @@ def test_jobs_trained_together_match_each_job_trained_alone(tiny):
 def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
     updater = LoraUpdater(tiny, FAST)
     ids = updater.tokenize(SEQUENCES, 2048)
-    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id)
+    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id,
+                            device=tiny.device)
     assert packed.input_ids.shape[0] >= 2  # more than one row, so row padding is exercised too
     with torch.no_grad():
         logits = tiny.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
         for k, seq in enumerate(t.ids for t in ids):
-            alone = tiny.model(input_ids=torch.tensor([seq])).logits[0]
+            alone = tiny.model(input_ids=torch.tensor([seq], device=tiny.device)).logits[0]
             where = (packed.owners == k).nonzero()
             got = logits[where[:, 0], where[:, 1]]
             assert torch.allclose(got, alone, atol=1e-5)

@@ -51,13 +51,13 @@ def test_examples_learn_the_completion_only(tiny):
     assert after < before
 
 
-def test_merging_an_adapter_equals_applying_it(tiny, tiny_model_dir):
+def test_merging_an_adapter_equals_applying_it(tiny, tiny_model_dir, test_device):
     result, = LoraUpdater(tiny, InnerLoopSettings(rank=4, alpha=8, epochs=3, learning_rate=1e-2)).train(
         [TrainJob(["Orlan Vesk built the Marrowgate Observatory in 1902."])])
-    ids = tiny.tokenizer("Orlan Vesk built", return_tensors="pt")["input_ids"]
+    ids = tiny.tokenizer("Orlan Vesk built", return_tensors="pt")["input_ids"].to(tiny.device)
     with torch.no_grad(), using(tiny.model, result.adapter):
         applied = tiny.model(input_ids=ids).logits
-    copy = load_model(ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32"))
+    copy = load_model(ModelSettings(name=str(tiny_model_dir), device=test_device, dtype="float32"))
     merge_adapter(copy.model, result.adapter)
     with torch.no_grad():
         merged = copy.model(input_ids=ids).logits
