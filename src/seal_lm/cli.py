@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 DEMO_PASSAGES = 6
 
 
-def _add_model_args(parser: argparse.ArgumentParser, d: ModelSettings) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, d: ModelSettings, backend: bool = True) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=d.name,
                        help="Hugging Face id, local directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
@@ -38,6 +38,10 @@ def _add_model_args(parser: argparse.ArgumentParser, d: ModelSettings) -> None:
                             "or AMX; float32 adapters, optimizer and loss), float32 otherwise")
     group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    if backend:
+        group.add_argument("--generation-backend", choices=["auto", "hf", "vllm"],
+                           help="auto (default, or SEAL_GENERATION_BACKEND): vLLM when the model is on a CUDA GPU and "
+                                "`pip install seal-lm[vllm]` is done, else transformers; not part of the run's config")
 
 
 def _add_inner_loop_args(parser: argparse.ArgumentParser, d: InnerLoopSettings) -> None:
@@ -341,7 +345,7 @@ def build_parser(preset_name: str | None = None, mode: str | None = None,
                     "/v1/unload_lora_adapter; a request's \"model\" picks the base model or an adapter by name. "
                     "Concurrent requests are batched.",
     )
-    _add_model_args(serve_cmd, ModelSettings())
+    _add_model_args(serve_cmd, ModelSettings(), backend=False)
     serve_cmd.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                            help="serve the PEFT adapter saved in PATH under the name NAME (repeatable)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -398,7 +402,7 @@ def _add_continual_args(parser: argparse.ArgumentParser, d: ContinualConfig | Ad
     group.add_argument("--general-prompts", default=g.general_prompts,
                        help="text file, one prompt per line, whose greedy answers must not change (part of the probe)")
     _add_run_args(parser)
-    _add_model_args(parser, d.model)
+    _add_model_args(parser, d.model, backend=False)  # updates are merged in memory: transformers generates
     _add_inner_loop_args(parser, d.inner_loop)
 
 
@@ -497,6 +501,8 @@ def _run_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if getattr(args, "generation_backend", None):  # read by make_generator, also in executor workers
+        os.environ["SEAL_GENERATION_BACKEND"] = args.generation_backend
     from seal_lm.recipes.fewshot import FewShotConfig, run_fewshot_eval, run_fewshot_train
     from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
     from seal_lm.recipes.knowledge_train import TrainConfig, run_train

@@ -14,6 +14,7 @@ each index is yielded exactly once.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -80,7 +81,11 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-        self.remote_worker = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
+        # Workers choose their generation backend as the driver was told to (--generation-backend).
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+        if "SEAL_GENERATION_BACKEND" in os.environ:
+            options["runtime_env"] = {"env_vars": {"SEAL_GENERATION_BACKEND": os.environ["SEAL_GENERATION_BACKEND"]}}
+        self.remote_worker = ray.remote(**options)(_Worker)
         self.actors = [self.remote_worker.remote() for _ in range(workers)]
         self.max_attempts = max_attempts
 

@@ -1,4 +1,6 @@
-"""Text generation behind one interface, so other backends (vLLM, an HTTP endpoint) can plug in.
+"""Text generation behind one interface: in-process transformers (`HFGenerator`), vLLM
+(`vllm_generation.py`, chosen by `make_generator` on a CUDA machine with vLLM installed) and any
+OpenAI-compatible endpoint (`openai_client.py`).
 
 A `Prompt` carries two renderings, chat messages and plain text: instruction-tuned models get
 their chat template, base models the plain text. An optional `response_prefix` starts the model's
@@ -8,6 +10,8 @@ and returns `n` completions for each.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -15,6 +19,7 @@ from typing import Protocol
 import torch
 
 from seal_lm.adapters import Adapter, applied
+from seal_lm.errors import SealError
 from seal_lm.models import LoadedModel
 from seal_lm.multi_lora import RowRouting
 
@@ -66,6 +71,13 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
 
 
+def adapters_per_prompt(adapters: AdapterChoice, n_prompts: int) -> list[Adapter | None]:
+    per_prompt = list(adapters) if isinstance(adapters, (list, tuple)) else [adapters] * n_prompts
+    if len(per_prompt) != n_prompts:
+        raise ValueError(f"got {len(per_prompt)} adapters for {n_prompts} prompts")
+    return per_prompt
+
+
 class Generator(Protocol):
     """Anything that turns prompts into completions: `n` strings per prompt, in prompt order."""
 
@@ -96,9 +108,7 @@ class HFGenerator:
     ) -> list[list[str]]:
         if not prompts:
             return []
-        per_prompt = list(adapters) if isinstance(adapters, (list, tuple)) else [adapters] * len(prompts)
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"got {len(per_prompt)} adapters for {len(prompts)} prompts")
+        per_prompt = adapters_per_prompt(adapters, len(prompts))
         encoded = [encode_prompt(self.loaded, p, self._chat) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         results: list[list[str]] = [[] for _ in prompts]
@@ -147,6 +157,30 @@ class HFGenerator:
         decoded = [_cut_at_stop(text, params.stop, params.include_stop) for text in decoded]
         grouped = [decoded[i * n : (i + 1) * n] for i in range(len(token_ids))]
         return [g * params.n if not sampling else g for g in grouped]
+
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def make_generator(loaded: LoadedModel, backend: str | None = None) -> Generator:
+    """The generation backend for `loaded`: vLLM when the model is on a CUDA GPU and vLLM is installed
+    ("auto"), else transformers. `backend` (or SEAL_GENERATION_BACKEND) forces "hf" or "vllm".
+
+    Only for models whose weights equal their checkpoint (`loaded.source`): vLLM reads the weights
+    from there, so a model changed in memory (merged updates) must use `HFGenerator` directly."""
+    backend = backend or os.environ.get("SEAL_GENERATION_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise SealError(f"unknown generation backend '{backend}' (choose {', '.join(BACKENDS)}; "
+                        "from SEAL_GENERATION_BACKEND or --generation-backend)")
+    vllm_ready = loaded.device.type == "cuda" and importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not vllm_ready:
+        raise SealError("the vLLM generation backend needs a CUDA GPU and `pip install seal-lm[vllm]` "
+                        f"(model on {loaded.device.type}, vLLM {'installed' if importlib.util.find_spec('vllm') else 'not installed'})")
+    if backend == "hf" or not vllm_ready:
+        return HFGenerator(loaded)
+    from seal_lm.vllm_generation import VLLMGenerator
+
+    return VLLMGenerator(loaded)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str], include: bool = False) -> str:

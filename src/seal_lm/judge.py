@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from seal_lm.errors import SealError
-from seal_lm.generation import Generator, HFGenerator, Prompt, SamplingParams
+from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS
 from seal_lm.models import ModelSettings, load_model
 from seal_lm.runs import append_jsonl, read_jsonl
@@ -149,7 +149,7 @@ class LLMJudge:
 def build_judge(settings: JudgeSettings, model: ModelSettings, cache_path: Path | None) -> LLMJudge:
     """The judge `settings` describe; a local one is loaded with `model`'s dtype and device."""
     if settings.model is not None:
-        generator: Generator = HFGenerator(load_model(replace(model, name=settings.model)))
+        generator: Generator = make_generator(load_model(replace(model, name=settings.model)))
     else:
         try:  # httpx is in the serve extra: only an endpoint judge needs it
             from seal_lm.openai_client import OpenAIGenerator

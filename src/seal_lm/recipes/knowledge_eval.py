@@ -29,7 +29,7 @@ from seal_lm.data import Passage, select_passages
 from seal_lm.domains.knowledge import SelfEdit, answer_questions, write_self_edits
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_sequences
-from seal_lm.generation import Generator, HFGenerator, SamplingParams
+from seal_lm.generation import Generator, SamplingParams, make_generator
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.judge import (
@@ -125,7 +125,7 @@ class KnowledgeEvaluator:
                  judge: LLMJudge | None = None):
         self.config = config
         self.loaded = loaded
-        self.generator = HFGenerator(loaded)
+        self.generator = make_generator(loaded)
         self.updater = LoraUpdater(loaded, config.inner_loop, max_adapters=config.adapters_per_pass)
         self.teacher = teacher
         self.judge = judge
@@ -236,7 +236,7 @@ def evaluate_round(config: EvalConfig, model: LoadedModel | None, round_: int, r
     loaded = model or load_model(config.model)
     teacher = None
     if any(c == "teacher" for _, c in todo):
-        teacher = HFGenerator(load_model(dataclasses.replace(config.model, name=config.teacher)))
+        teacher = make_generator(load_model(dataclasses.replace(config.model, name=config.teacher)))
     judge = build_judge(config.judge, config.model, run.path / CACHE_FILE) if config.judge else None
     evaluator = KnowledgeEvaluator(config, loaded, teacher, judge)
     total = len(passages) * len(conditions)

@@ -18,7 +18,7 @@ from seal_lm.data import Passage, select_passages
 from seal_lm.domains.knowledge import answer_questions
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import get_format, parse_completion, training_sequences
-from seal_lm.generation import HFGenerator, Prompt, SamplingParams
+from seal_lm.generation import Prompt, SamplingParams, make_generator
 from seal_lm.inner_loop import LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel
 from seal_lm.recipes.knowledge_eval import EvalConfig, evaluate_round, summarize
@@ -97,7 +97,7 @@ class KnowledgeDomain:
         jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r))
                 for n, (_, _, seqs) in enumerate(units) for r in range(repeats)]
         results = LoraUpdater(model, settings, max_adapters=self.config.eval.adapters_per_pass).train(jobs)
-        graded = answer_questions(HFGenerator(model), [contexts[i] for i, _, _ in units for _ in range(repeats)],
+        graded = answer_questions(make_generator(model), [contexts[i] for i, _, _ in units for _ in range(repeats)],
                                   [r.adapter for r in results])
         grader = self.config.eval.grader
         accuracy = [sum(q["scores"][grader] for q in g) / len(g) for g in graded]

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from seal_lm.adapters import merge_adapter
 from seal_lm.errors import SealError
 from seal_lm.executors import Executor, ExecutorSettings
-from seal_lm.generation import HFGenerator, Prompt, SamplingParams
+from seal_lm.generation import Prompt, SamplingParams, make_generator
 from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 from seal_lm.runs import RunDir, derived_seed
@@ -161,7 +161,7 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
     todo = [g for g in groups if any(c.id not in done for c in g)]
     if not todo:
         return
-    generator = HFGenerator(policy)
+    generator = make_generator(policy)  # the policy is read from its checkpoint, so vLLM may serve it
     payloads, generation_seconds = [], []
     for group in tqdm(todo, desc=f"round {round_}: self-edits", unit="group", disable=not show_progress):
         unit_seed = derived_seed(seed, "rollout", round_, *(c.id for c in group))
