@@ -4,10 +4,12 @@ from dataclasses import replace
 import pytest
 import torch
 from peft import PeftModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
+from seal_lm.multi_lora import MultiLoraLinear, TokenRouting, injected
 
 SEQUENCES = ["Orlan Vesk\nOrlan Vesk built the Marrowgate Observatory in 1902.",
              "Orlan Vesk\nThe observatory mirrors were copper.",
@@ -60,6 +62,65 @@ def test_jobs_trained_together_match_each_job_trained_alone(tiny):
         for name, (a, b) in alone.adapter.weights.items():
             ja, jb = joint.adapter.weights[name]
             assert torch.allclose(ja, a, atol=1e-5) and torch.allclose(jb, b, atol=1e-5), name
+
+
+def test_token_routing_matches_each_adapter_applied_alone():
+    """Adapters interleaved and split across rows, one absent, row padding: every token gets its own
+    adapter's delta (padding none), and each adapter's gradient is its own tokens' only."""
+    torch.manual_seed(0)
+    layer = MultiLoraLinear(torch.nn.Linear(8, 6), n_adapters=3, rank=2, alpha=4)
+    for p in [*layer.lora_A, *layer.lora_B]:
+        torch.nn.init.normal_(p)
+    layer.base.requires_grad_(False)
+    owners = torch.tensor([[0, 0, 2, 2, -1], [2, 0, 0, -1, -1]])
+    x = torch.randn(2, 5, 8)
+    layer.set_routing(TokenRouting.from_owners(owners, "cpu"))
+    weights = torch.randn(2, 5, 6)
+    (layer(x) * weights).sum().backward()
+    for k in (0, 2):
+        a, b = layer.lora_A[k].detach().requires_grad_(), layer.lora_B[k].detach().requires_grad_()
+        mask = (owners == k)[..., None]
+        expected = layer.base(x) + torch.where(mask, 2.0 * (x @ a.T) @ b.T, 0.0)
+        got = layer(x)
+        assert torch.allclose(got[mask.expand_as(got)], expected[mask.expand_as(got)], atol=1e-6)
+        (torch.where(mask, expected, 0.0) * weights).sum().backward()
+        assert torch.allclose(layer.lora_A[k].grad, a.grad, atol=1e-5)
+        assert torch.allclose(layer.lora_B[k].grad, b.grad, atol=1e-5)
+    assert layer.lora_A[1].grad is None and layer.lora_B[1].grad is None
+    padding = (owners == -1)[..., None].expand(2, 5, 6)
+    assert torch.equal(layer(x)[padding], layer.base(x)[padding])
+
+
+class _KernelOps(TorchDispatchMode):
+    """Counts the aten ops that can launch a kernel (views only change metadata)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def test_ops_of_a_training_step_do_not_grow_with_the_number_of_adapters(tiny):
+    """A GPU step is bound by kernel launches: 6 adapters must launch what 2 do, forward and backward
+    (only views grow with K, e.g. each adapter's slice of a shared gradient)."""
+    updater = LoraUpdater(tiny, FAST, max_row_tokens=48)  # several rows, with row padding
+    tokens = updater.tokenize(SEQUENCES, 2048)
+
+    def step_ops(k: int) -> int:
+        batch = [(i, tokens[i % len(tokens)]) for i in range(k)]
+        with injected(tiny.model, k, FAST.rank, FAST.alpha) as lora:
+            tiny.model.train()
+            try:
+                with _KernelOps() as ops:
+                    updater._accumulate_gradients(lora, batch, k)
+            finally:
+                tiny.model.eval()
+        return ops.count
+
+    assert step_ops(2) == step_ops(6) > 0
 
 
 def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):

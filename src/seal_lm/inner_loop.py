@@ -192,8 +192,10 @@ class LoraUpdater:
     def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int) -> dict[int, float]:
         """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
         device = self.loaded.device
-        packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id, device)
-        lora.route(TokenRouting.from_token_adapters(packed.owners))
+        # Packed on the host, where the routing reads the owners without waiting on the device.
+        packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
+        lora.route(TokenRouting.from_owners(packed.owners, device))
+        packed = packed.to(device)
         logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(), ignore_index=-100,
                                      reduction="none")
@@ -203,7 +205,8 @@ class LoraUpdater:
         weighted = token_loss * torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
         weighted.sum().backward()
         per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, weighted.detach())
-        return {k: per_adapter[k].item() for k, _ in batch}
+        losses = per_adapter.tolist()  # one transfer (and device sync) for all adapters
+        return {k: losses[k] for k, _ in batch}
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,10 @@ class PackedBatch:
     position_ids: torch.Tensor
     labels: torch.Tensor  # -100 where nothing is predicted (last token of a sequence, row padding)
     owners: torch.Tensor  # adapter of each token; -1 for row padding
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.labels.to(device),
+                           self.owners.to(device))
 
 
 def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad_id: int,

@@ -3,14 +3,13 @@
 PEFT applies one adapter at a time (its mixed-adapter batches are inference-only), but SEAL
 trains K independent adapters (one per candidate self-edit) on the same base model. Here every
 targeted `nn.Linear` is wrapped so that one forward/backward pass serves all K adapters: the
-base matmul is shared, and the low-rank path (`A_k: [r, in]`, `B_k: [out, r]`) runs per run of
-same-adapter tokens (training) or as batched matmuls over the stacked weights (generation).
-Each adapter has its own parameters, so the gradients and optimizer state of one never touch
-another.
+base matmul is shared, and the low-rank path (`A_k: [r, in]`, `B_k: [out, r]`) runs as batched
+matmuls over the adapters' weights, a fixed number of ops whatever K. Each adapter has its own
+parameters, so the gradients and optimizer state of one never touch another.
 
 Routing says which adapter each token uses:
 - `RowRouting(ids)`: one adapter per batch row (generation, evaluation); -1 means none;
-- `TokenRouting(...)`: runs of tokens, for packed rows that mix adapters (training).
+- `TokenRouting.from_owners(...)`: one adapter per token, for packed rows that mix adapters (training).
 """
 
 from __future__ import annotations
@@ -30,26 +29,39 @@ class RowRouting:
 
 @dataclass
 class TokenRouting:
-    """Runs of consecutive tokens (in the flattened batch * seq order) that share an adapter.
+    """Each token's place in a padded `[adapters, slots, in]` buffer, so that the low-rank path of
+    a step that mixes adapters is one scatter, two batched matmuls and one gather, whatever K.
 
-    Packing puts each adapter's sequences next to each other, so a handful of runs cover a step;
-    each run is two plain matmuls on its piece (no gather, no padding to the longest adapter)."""
+    The padding exists only in that small path (rank r << hidden size): on a GPU this model is
+    bound by kernel launches, not arithmetic, so a few idle slots cost less than kernels per
+    adapter. The base model's matmuls stay dense on the packed rows."""
 
-    piece_sizes: list[int]  # consecutive pieces covering all tokens
-    piece_adapters: list[int]  # adapter of each piece; -1: none (padding)
+    adapters: list[int]  # adapters present in the step, in buffer order
+    slots: int  # per adapter: the most tokens any adapter has, plus two spares (padding's dump, a zero)
+    scatter: torch.Tensor | None  # [tokens] buffer row each token's input goes to; None: one adapter owns every token
+    gather: torch.Tensor | None  # [tokens] buffer row each token's output comes from
 
     @classmethod
-    def from_token_adapters(cls, token_adapters: torch.Tensor) -> TokenRouting:
-        """Build from a [batch, seq] tensor of adapter ids (-1: no adapter, e.g. padding)."""
-        sizes: list[int] = []
-        adapters: list[int] = []
-        for k in token_adapters.reshape(-1).tolist():
-            if adapters and adapters[-1] == k:
-                sizes[-1] += 1
-            else:
-                sizes.append(1)
-                adapters.append(k)
-        return cls(sizes, adapters)
+    def from_owners(cls, owners: torch.Tensor, device: torch.device | str) -> TokenRouting:
+        """Build from a host tensor of adapter ids (-1: no adapter, e.g. row padding), once per step,
+        so that the forward passes never wait on the device. A token's slot is its rank among its
+        adapter's tokens. Row padding's inputs all go to the last adapter's last slot, and its outputs
+        come from the first adapter's second-to-last slot, which nothing writes: a zero delta."""
+        flat = owners.reshape(-1).cpu()
+        real = flat >= 0
+        adapters, block, counts = torch.unique(flat[real], return_inverse=True, return_counts=True)
+        if len(adapters) == 1 and bool(real.all()):
+            return cls(adapters.tolist(), 0, None, None)
+        slots = int(counts.max()) + 2
+        order = torch.argsort(block, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order)) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        row = block * slots + rank
+        scatter = torch.full_like(flat, len(adapters) * slots - 1)
+        scatter[real] = row
+        gather = torch.full_like(flat, slots - 2)
+        gather[real] = row
+        return cls(adapters.tolist(), slots, scatter.to(device), gather.to(device))
 
 
 class MultiLoraLinear(nn.Module):
@@ -93,15 +105,19 @@ class MultiLoraLinear(nn.Module):
             delta = torch.bmm(torch.bmm(x, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
             keep = (wanted >= 0).to(x.dtype)[:, None, None]
             return out + delta * (self.scaling * keep)
-        # split (not slicing): its backward is one concatenation instead of a zero-filled copy per run
-        pieces = torch.split(x.reshape(-1, x.shape[-1]), routing.piece_sizes)
-        parts = []
-        for piece, k in zip(pieces, routing.piece_adapters):
-            if k < 0:  # tokens without an adapter
-                parts.append(out.new_zeros(piece.shape[0], out.shape[-1]))
-            else:
-                parts.append((piece @ self.lora_A[k].to(x.dtype).T) @ self.lora_B[k].to(x.dtype).T)
-        return torch.add(out, torch.cat(parts).view_as(out), alpha=self.scaling)
+        if routing.scatter is None:  # one adapter owns every token: no scatter, no padding
+            k = routing.adapters[0]
+            delta = (x @ self.lora_A[k].to(x.dtype).T) @ self.lora_B[k].to(x.dtype).T
+            return torch.add(out, delta, alpha=self.scaling)
+        n, slots, width = len(routing.adapters), routing.slots, x.shape[-1]
+        tokens = x.reshape(-1, width)
+        padded = tokens.new_zeros(n * slots, width).index_copy_(0, routing.scatter, tokens).view(n, slots, width)
+        # cat + view, not stack: the backward then hands every adapter a contiguous slice of one
+        # gradient (stack's would be copied once per adapter).
+        a = torch.cat([self.lora_A[k] for k in routing.adapters]).to(x.dtype).view(n, -1, width)
+        b = torch.cat([self.lora_B[k] for k in routing.adapters]).to(x.dtype).view(n, -1, a.shape[1])
+        delta = torch.bmm(torch.bmm(padded, a.transpose(1, 2)), b.transpose(1, 2)).view(n * slots, -1)
+        return torch.add(out, delta.index_select(0, routing.gather).view_as(out), alpha=self.scaling)
 
 
 def target_linears(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
