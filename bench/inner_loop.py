@@ -216,6 +216,22 @@ def _train_reference(model, tokenizer, ids, settings) -> float:
     return output.training_loss
 
 
+HEADER = (f"{'method':<11}{'dtype':<9}{'jobs':>4}{'ep':>4}{'train s':>9}{'s/loop':>8}{'loops/h':>9}{'tok/s':>7}"
+          f"{'pad%':>5}{'GFLOP/s':>8}{'%peak':>6}{'loss':>7}{'ans s':>7}{'correct':>9}{'MiB':>7}")
+
+
+def print_row(r: dict, epochs: int, peak: float) -> float:
+    """Print one method's row; return its seconds per inner loop (the reference's extrapolated to `epochs`)."""
+    loop_seconds = r["seconds"] / r["jobs"] * (epochs / r["epochs"])
+    gflops = r["gflop"] / r["seconds"]
+    pad = 100 * (1 - r["real_tokens"] / r["padded_tokens"])
+    print(f"{r['method']:<11}{r['dtype']:<9}{r['jobs']:>4}{r['epochs']:>4}{r['seconds']:>9.1f}{loop_seconds:>8.1f}"
+          f"{3600 / loop_seconds:>9.0f}{r['real_tokens'] / r['seconds']:>7.0f}{pad:>5.0f}{gflops:>8.1f}"
+          f"{100 * gflops / peak:>6.1f}{r['final_loss']:>7.3f}{r['answer_seconds']:>7.1f}"
+          f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>7.0f}", flush=True)
+    return loop_seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="hub id, directory or .gguf (default: the embedded model)")
@@ -235,6 +251,8 @@ def main() -> None:
           + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
     ctx = mp.get_context("spawn")
     results = []
+    per_loop = {}
+    print(HEADER, flush=True)
     for dtype in dtypes:
         for method in args["methods"].split(","):
             if dtype != "float32" and method in ("reference", "plain"):
@@ -242,21 +260,14 @@ def main() -> None:
             queue = ctx.Queue()
             process = ctx.Process(target=run_method, args=(method, dtype, args, queue))
             process.start()
-            results.append(queue.get())
+            r = queue.get()
             process.join()
-            print(f"  {method} {dtype}: {results[-1]['seconds']:.1f} s", flush=True)
-    print(f"{'method':<11}{'dtype':<9}{'jobs':>4}{'ep':>4}{'train s':>9}{'s/loop':>8}{'loops/h':>9}{'tok/s':>7}"
-          f"{'pad%':>5}{'GFLOP/s':>8}{'%peak':>6}{'loss':>7}{'ans s':>7}{'correct':>9}{'MiB':>7}")
-    per_loop = {}
-    for r in results:
-        loop_seconds = r["seconds"] / r["jobs"] * (args["epochs"] / r["epochs"])  # reference: extrapolated
-        per_loop[(r["method"], r["dtype"])] = loop_seconds
-        gflops = r["gflop"] / r["seconds"]
-        pad = 100 * (1 - r["real_tokens"] / r["padded_tokens"])
-        print(f"{r['method']:<11}{r['dtype']:<9}{r['jobs']:>4}{r['epochs']:>4}{r['seconds']:>9.1f}{loop_seconds:>8.1f}"
-              f"{3600 / loop_seconds:>9.0f}{r['real_tokens'] / r['seconds']:>7.0f}{pad:>5.0f}{gflops:>8.1f}"
-              f"{100 * gflops / peaks[r['dtype']]:>6.1f}{r['final_loss']:>7.3f}{r['answer_seconds']:>7.1f}"
-              f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>7.0f}")
+            results.append(r)
+            # Each row as soon as its method finishes, and in --json: a run cut short keeps what it measured.
+            per_loop[(method, dtype)] = print_row(r, args["epochs"], peaks[dtype])
+            if args["json"]:
+                with open(args["json"], "w") as f:
+                    json.dump({"matmul_peak_gflops": peaks, "args": args, "results": results}, f, indent=2)
     print("ratios (time per inner loop, training only):")
     for dtype in dtypes:
         for method in ("reference", "plain", "one-by-one", "packed-job"):
@@ -268,9 +279,6 @@ def main() -> None:
                   f"{per_loop[('batched', 'float32')] / per_loop[('batched', dtype)]:.2f}x faster")
     print("'correct' is the contains grader over all jobs' answers (tiny n; `seal eval` reports accuracies with "
           "intervals). The reference trains fewer epochs: its loss and answers are not comparable.")
-    if args["json"]:
-        with open(args["json"], "w") as f:
-            json.dump({"matmul_peak_gflops": peaks, "args": args, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
