@@ -131,6 +131,16 @@ def stand_in_vllm(monkeypatch):
         vllm_generation._engine.close()
 
 
+def test_an_engine_that_cannot_start_is_a_one_line_error_naming_the_way_out(tiny, stand_in_vllm, monkeypatch):
+    def refuse(**kwargs):
+        raise ValueError("No available memory for the cache blocks.\nTry increasing gpu_memory_utilization")
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", refuse)
+    with pytest.raises(SealError, match=r"vLLM could not start on .*: No available memory for the cache blocks\. "
+                                        r"\(use --generation-backend hf"):
+        VLLMGenerator(tiny).generate([Prompt.single_turn("hi")], SamplingParams(temperature=0.0))
+
+
 def test_vllm_generator_plumbing_with_a_stand_in_engine(tiny, stand_in_vllm):
     settings = InnerLoopSettings(rank=4, alpha=8, epochs=1)
     first, second = (r.adapter for r in LoraUpdater(tiny, settings).train([TrainJob(["Orlan Vesk"]), TrainJob(["copper"])]))

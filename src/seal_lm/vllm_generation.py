@@ -111,9 +111,14 @@ def _engine_for(loaded: LoadedModel) -> _Engine:
     import vllm
 
     dtype = str(loaded.model.dtype).removeprefix("torch.")
-    llm = vllm.LLM(model=loaded.source, tokenizer=loaded.source, dtype=dtype, enable_lora=True,
-                   max_lora_rank=max_lora_rank(), max_loras=8, max_cpu_loras=64,
-                   gpu_memory_utilization=gpu_memory_fraction())
+    rank, memory = max_lora_rank(), gpu_memory_fraction()
+    try:
+        llm = vllm.LLM(model=loaded.source, tokenizer=loaded.source, dtype=dtype, enable_lora=True,
+                       max_lora_rank=rank, max_loras=8, max_cpu_loras=64, gpu_memory_utilization=memory)
+    except Exception as exc:  # a version or memory mismatch: say how to go on without vLLM
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SealError(f"vLLM could not start on {loaded.source}: {first} "
+                        "(use --generation-backend hf or SEAL_GENERATION_BACKEND=hf to generate with transformers)") from exc
     _engine = _Engine(loaded.source, llm)
     return _engine
 
