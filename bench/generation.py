@@ -1,7 +1,8 @@
 """Benchmark: self-edit generation throughput, batched across passages and samples vs one by one.
 
-Both runs use the same prompts (demo-corpus passages, the `implications` format), sampling
-settings and KV-cached `HFGenerator`; only the batching differs. Tokens are counted by
+Both runs use the same prompts (demo-corpus passages, the `implications` format) and sampling
+settings on the KV-cached `HFGenerator`; only the batching differs. `--backend vllm` (CUDA with
+vLLM installed) adds a third row: the same batched request through the vLLM backend. Tokens are counted by
 re-tokenising the completions (what a user gets back), so both sides are counted the same way.
 
     python bench/generation.py [--passages 8] [--samples 3] [--max-new-tokens 128] [--dtype float32]
@@ -17,7 +18,7 @@ import torch
 
 from seal_lm.data import load_demo_corpus
 from seal_lm.formats.knowledge import get_format
-from seal_lm.generation import HFGenerator, SamplingParams
+from seal_lm.generation import HFGenerator, SamplingParams, make_generator
 from seal_lm.models import ModelSettings, load_model
 
 
@@ -34,8 +35,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="vllm: also time the vLLM backend")
     args = parser.parse_args()
     loaded = load_model(ModelSettings(name=args.model, dtype=args.dtype, device=args.device))
+    vllm = make_generator(loaded, "vllm") if args.backend == "vllm" else None  # fails here, before any timing
     fmt = get_format("implications")
     prompts = [fmt.prompt(p) for p in load_demo_corpus("validation")[: args.passages]]
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, n=args.samples, seed=0)
@@ -51,6 +54,10 @@ def main() -> None:
     batched_seconds = time.perf_counter() - started
 
     rows = [("one by one", one_by_one, one_seconds), ("batched", batched, batched_seconds)]
+    if vllm is not None:
+        vllm.generate(prompts[:1], SamplingParams(temperature=0.0, max_new_tokens=4))  # engine start, not timed
+        started = time.perf_counter()
+        rows.append(("vllm", vllm.generate(prompts, params), time.perf_counter() - started))
     print(f"{loaded.name} on {loaded.device}, {args.dtype}: {len(prompts)} passages x {args.samples} samples, "
           f"at most {args.max_new_tokens} new tokens, temperature 1.0")
     print(f"{'mode':<12}{'seconds':>9}{'tokens':>8}{'tokens/s':>10}")
@@ -60,6 +67,8 @@ def main() -> None:
         rates[name] = tokens / seconds
         print(f"{name:<12}{seconds:>9.1f}{tokens:>8}{rates[name]:>10.1f}")
     print(f"batched vs one by one: {rates['batched'] / rates['one by one']:.2f}x tokens/s")
+    if "vllm" in rates:
+        print(f"vllm vs batched transformers: {rates['vllm'] / rates['batched']:.2f}x tokens/s")
     if loaded.device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
