@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from seal_lm.errors import SealError
 from seal_lm.formats.knowledge import FORMATS
+from seal_lm.generation import BACKENDS
 from seal_lm.grading import GRADERS
 from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings
@@ -39,7 +40,7 @@ def _add_model_args(parser: argparse.ArgumentParser, d: ModelSettings, backend: 
     group.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     if backend:
-        group.add_argument("--generation-backend", choices=["auto", "hf", "vllm"],
+        group.add_argument("--generation-backend", choices=BACKENDS,
                            help="auto (default, or SEAL_GENERATION_BACKEND): vLLM when the model is on a CUDA GPU and "
                                 "`pip install seal-lm[vllm]` is done, else transformers; not part of the run's config")
 

@@ -172,10 +172,11 @@ def make_generator(loaded: LoadedModel, backend: str | None = None) -> Generator
     if backend not in BACKENDS:
         raise SealError(f"unknown generation backend '{backend}' (choose {', '.join(BACKENDS)}; "
                         "from SEAL_GENERATION_BACKEND or --generation-backend)")
-    vllm_ready = loaded.device.type == "cuda" and importlib.util.find_spec("vllm") is not None
+    installed = importlib.util.find_spec("vllm") is not None
+    vllm_ready = installed and loaded.device.type == "cuda"
     if backend == "vllm" and not vllm_ready:
         raise SealError("the vLLM generation backend needs a CUDA GPU and `pip install seal-lm[vllm]` "
-                        f"(model on {loaded.device.type}, vLLM {'installed' if importlib.util.find_spec('vllm') else 'not installed'})")
+                        f"(model on {loaded.device.type}, vLLM {'installed' if installed else 'not installed'})")
     if backend == "hf" or not vllm_ready:
         return HFGenerator(loaded)
     from seal_lm.vllm_generation import VLLMGenerator
