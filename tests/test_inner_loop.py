@@ -126,8 +126,7 @@ def test_ops_of_a_training_step_do_not_grow_with_the_number_of_adapters(tiny):
 def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
     updater = LoraUpdater(tiny, FAST)
     ids = updater.tokenize(SEQUENCES, 2048)
-    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id,
-                            device=tiny.device)
+    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id).to(tiny.device)
     assert packed.input_ids.shape[0] >= 2  # more than one row, so row padding is exercised too
     with torch.no_grad():
         logits = tiny.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits

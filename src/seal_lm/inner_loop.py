@@ -133,7 +133,7 @@ class LoraUpdater:
         with torch.no_grad():
             for start in range(0, len(tokens), 8):
                 packed = pack_sequences([(0, t) for t in tokens[start : start + 8]], self.max_row_tokens,
-                                        self.loaded.tokenizer.pad_token_id, self.loaded.device)
+                                        self.loaded.tokenizer.pad_token_id).to(self.loaded.device)
                 logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids,
                                            use_cache=False).logits
                 losses = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(),
@@ -241,8 +241,7 @@ class PackedBatch:
                            self.owners.to(device))
 
 
-def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad_id: int,
-                   device: torch.device | str = "cpu") -> PackedBatch:
+def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad_id: int) -> PackedBatch:
     """Pack (adapter, tokens) pairs into rows of at most `max_row_tokens`, in adapter order, so
     that each adapter's tokens form one contiguous run (two runs where it crosses into a new row)."""
     rows: list[list[tuple[int, Tokens]]] = []
@@ -263,7 +262,7 @@ def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad
         columns["position_ids"].append([p for _, seq in row for p in range(len(seq.ids))] + list(range(fill)))
         columns["labels"].append([t for _, seq in row for t in seq.labels()] + [-100] * fill)
         columns["owners"].append([k for k, seq in row for _ in seq.ids] + [-1] * fill)
-    return PackedBatch(**{name: torch.tensor(value, device=device) for name, value in columns.items()})
+    return PackedBatch(**{name: torch.tensor(value) for name, value in columns.items()})  # on the host: `.to(device)`
 
 
 def _fused_supported(model: torch.nn.Module) -> bool:
