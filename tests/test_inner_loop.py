@@ -1,4 +1,5 @@
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
+from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.multi_lora import MultiLoraLinear, TokenRouting, injected
+from seal_lm.packed_attention import per_sequence_attention, sequence_bounds
 
 SEQUENCES = ["Orlan Vesk\nOrlan Vesk built the Marrowgate Observatory in 1902.",
              "Orlan Vesk\nThe observatory mirrors were copper.",
@@ -115,7 +118,7 @@ def test_ops_of_a_training_step_do_not_grow_with_the_number_of_adapters(tiny):
             tiny.model.train()
             try:
                 with _KernelOps() as ops:
-                    updater._accumulate_gradients(lora, batch, k)
+                    updater._accumulate_gradients(lora, batch, k, per_sequence=False)  # the GPU path
             finally:
                 tiny.model.eval()
         return ops.count
@@ -138,6 +141,59 @@ def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
             labels = packed.labels[where[:, 0], where[:, 1]]
             assert labels.tolist() == seq[1:] + [-100]
     assert ((packed.owners == -1) == (packed.labels == -100) & (packed.owners == -1)).all()
+
+
+def test_per_sequence_attention_computes_the_masked_logits(tiny):
+    """On the CPU, training attends sequence by sequence instead of through a block mask over the row."""
+    updater = LoraUpdater(tiny, FAST)
+    ids = updater.tokenize(SEQUENCES, 2048)
+    packed = pack_sequences(list(enumerate(ids)), max_row_tokens=60, pad_id=tiny.tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] >= 2
+    inputs = {"input_ids": packed.input_ids.to(tiny.device), "position_ids": packed.position_ids.to(tiny.device)}
+    with torch.no_grad():
+        masked = tiny.model(**inputs, use_cache=False).logits
+        with per_sequence_attention(tiny.model) as active:
+            per_sequence = tiny.model(**inputs, cu_seq_lens_q=sequence_bounds(packed.position_ids), use_cache=False).logits
+            plain = tiny.model(**inputs, use_cache=False).logits  # without boundaries: sdpa as before
+    assert active == (tiny.device.type == "cpu")
+    assert tiny.model.config._attn_implementation == "sdpa"  # restored
+    assert torch.allclose(per_sequence, masked, atol=1e-5) and torch.allclose(plain, masked, atol=1e-5)
+    assert sequence_bounds(torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]])) == [0, 3, 5, 7, 10]
+
+
+def test_linear_cross_entropy_matches_logits_and_cross_entropy(tiny):
+    head = plain_output_head(tiny.model)
+    assert head is not None  # Llama: logits are head(hidden)
+    torch.manual_seed(0)
+    hidden = torch.randn(23, head.in_features, device=tiny.device, requires_grad=True)
+    labels = torch.randint(0, head.out_features, (23,), device=tiny.device)
+    labels[[3, 10, 22]] = -100
+    weights = torch.rand(23, device=tiny.device)
+    total, losses = linear_cross_entropy(hidden, head, labels, weights, chunk_rows=5)  # 5 chunks, the last short
+    total.backward()
+    expected_hidden = hidden.detach().clone().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(head(expected_hidden), labels, ignore_index=-100, reduction="none")
+    (expected * weights).sum().backward()
+    assert torch.allclose(losses, expected.detach(), atol=1e-5) and losses[[3, 10, 22]].eq(0).all()
+    assert torch.allclose(total, (expected * weights).sum(), atol=1e-4)
+    assert torch.allclose(hidden.grad, expected_hidden.grad, atol=1e-6)
+    assert head.weight.grad is None
+
+
+def test_fused_loss_and_per_sequence_attention_train_what_the_plain_path_trains(tiny, monkeypatch):
+    updater = LoraUpdater(tiny, FAST, max_row_tokens=64)
+    jobs = [TrainJob(SEQUENCES), TrainJob(SEQUENCES[1:], replace(FAST, batch_size=2, seed=3))]
+    fast = updater.train(jobs)
+    monkeypatch.setattr("seal_lm.inner_loop.plain_output_head", lambda model: None)  # full logits
+    monkeypatch.setattr("seal_lm.inner_loop.per_sequence_attention", lambda model: nullcontext(False))  # block mask
+    plain = updater.train(jobs)
+    # Sums run in another order, and Adam's normalisation magnifies last-bit differences of tiny
+    # gradients: about 1.5e-5 on weights of size 0.16 after 3 epochs.
+    for a, b in zip(fast, plain):
+        assert a.epoch_losses == pytest.approx(b.epoch_losses, rel=1e-5)
+        for name, (wa, wb) in a.adapter.weights.items():
+            assert torch.allclose(wa, b.adapter.weights[name][0], atol=1e-4)
+            assert torch.allclose(wb, b.adapter.weights[name][1], atol=1e-4)
 
 
 def test_adapters_never_leak_into_the_base_model(tiny):

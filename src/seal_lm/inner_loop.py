@@ -21,8 +21,10 @@ import torch.nn.functional as F
 
 from seal_lm.adapters import Adapter
 from seal_lm.generation import Prompt, encode_prompt
+from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import LoadedModel
 from seal_lm.multi_lora import MultiLora, TokenRouting, injected
+from seal_lm.packed_attention import per_sequence_attention, sequence_bounds
 
 
 @dataclass
@@ -155,7 +157,8 @@ class LoraUpdater:
         schedules = [_batch_schedule(ids, s) for ids, s in zip(examples, settings)]
         n_steps = max(len(schedule) for schedule in schedules)
         model = self.loaded.model
-        with injected(model, len(jobs), shape.rank, shape.alpha, shape.target_modules, shape.dropout) as lora:
+        with (injected(model, len(jobs), shape.rank, shape.alpha, shape.target_modules, shape.dropout) as lora,
+              per_sequence_attention(model) as per_sequence):
             for k, s in enumerate(settings):
                 lora.init_adapter(k, s.seed)
             # One parameter group per adapter: its own learning rate, and it skips steps it has no batch for.
@@ -167,7 +170,7 @@ class LoraUpdater:
                 for step in range(n_steps):
                     active = [k for k, schedule in enumerate(schedules) if step < len(schedule)]
                     batch = [(k, seq) for k in active for seq in schedules[k][step]]
-                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs)).items():
+                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs), per_sequence).items():
                         step_losses[k].append(loss)
                     # Adapters without a batch this step have no gradient, so AdamW leaves them and their
                     # state alone. Each job's learning rate follows its own schedule.
@@ -189,22 +192,33 @@ class LoraUpdater:
             results.append(TrainResult(adapters[k], epoch_losses, tokens, seconds))
         return results
 
-    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int) -> dict[int, float]:
+    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int,
+                              per_sequence: bool) -> dict[int, float]:
         """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
         device = self.loaded.device
+        model = self.loaded.model
         # Packed on the host, where the routing reads the owners without waiting on the device.
         packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
         lora.route(TokenRouting.from_owners(packed.owners, device))
+        bounds = sequence_bounds(packed.position_ids)  # read on the host too
         packed = packed.to(device)
-        logits = self.loaded.model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
-        token_loss = F.cross_entropy(logits.float().flatten(0, 1), packed.labels.flatten(), ignore_index=-100,
-                                     reduction="none")
-        owners = packed.owners.flatten()
+        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids}
+        if per_sequence:
+            inputs["cu_seq_lens_q"] = bounds
+        owners, labels = packed.owners.flatten(), packed.labels.flatten()
         slots = owners.clamp(min=0)  # row padding has no label, so its slot never counts
-        predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (packed.labels.flatten() != -100).float())
-        weighted = token_loss * torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
-        weighted.sum().backward()
-        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, weighted.detach())
+        predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (labels != -100).float())
+        token_weights = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
+        head = plain_output_head(model)
+        if head is not None:  # the loss from the last hidden states, without [tokens, vocab] logits
+            hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+            total, token_loss = linear_cross_entropy(hidden.flatten(0, 1), head, labels, token_weights)
+        else:
+            logits = model(**inputs, use_cache=False).logits
+            token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
+            total = (token_loss * token_weights).sum()
+        total.backward()
+        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, (token_loss * token_weights).detach())
         losses = per_adapter.tolist()  # one transfer (and device sync) for all adapters
         return {k: losses[k] for k, _ in batch}
 
