@@ -274,9 +274,10 @@ def main() -> None:
             other = per_loop.get((method, "float32" if method in ("reference", "plain") else dtype))
             if other and ("batched", dtype) in per_loop:
                 print(f"  batched {dtype} vs {method}: {other / per_loop[('batched', dtype)]:.2f}x faster")
-        if dtype != "float32" and ("batched", "float32") in per_loop and ("batched", dtype) in per_loop:
-            print(f"  batched {dtype} vs batched float32: "
-                  f"{per_loop[('batched', 'float32')] / per_loop[('batched', dtype)]:.2f}x faster")
+        for method in ("batched", "one-by-one", "packed-job"):
+            if dtype != "float32" and (method, "float32") in per_loop and (method, dtype) in per_loop:
+                print(f"  {method} {dtype} vs {method} float32: "
+                      f"{per_loop[(method, 'float32')] / per_loop[(method, dtype)]:.2f}x faster")
     print("'correct' is the contains grader over all jobs' answers (tiny n; `seal eval` reports accuracies with "
           "intervals). The reference trains fewer epochs: its loss and answers are not comparable.")
 
