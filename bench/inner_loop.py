@@ -105,6 +105,8 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
     passage, jobs = build_jobs(args["k"])
     if method in ("reference", "plain", "packed-job"):
         jobs = jobs[:1]
+    elif method == "one-by-one" and args["one_by_one_jobs"]:
+        jobs = jobs[: args["one_by_one_jobs"]]  # its time per inner loop does not depend on K
     epochs = args["reference_epochs"] if method == "reference" else args["epochs"]
     settings = InnerLoopSettings(epochs=epochs)
     updater = LoraUpdater(loaded, settings)
@@ -242,6 +244,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", default="reference,plain,one-by-one,batched,packed-job")
+    parser.add_argument("--one-by-one-jobs", type=int, default=0,
+                        help="time only this many jobs one by one (a large --k without waiting K times; default: all)")
     parser.add_argument("--json", help="also write the results to this file")
     args = vars(parser.parse_args())
     torch.set_num_threads(args["threads"])

@@ -200,11 +200,9 @@ class LoraUpdater:
         # Packed on the host, where the routing reads the owners without waiting on the device.
         packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
         lora.route(TokenRouting.from_owners(packed.owners, device))
-        bounds = sequence_bounds(packed.position_ids)  # read on the host too
+        bounds = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}  # host-side too
         packed = packed.to(device)
-        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids}
-        if per_sequence:
-            inputs["cu_seq_lens_q"] = bounds
+        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **bounds}
         owners, labels = packed.owners.flatten(), packed.labels.flatten()
         slots = owners.clamp(min=0)  # row padding has no label, so its slot never counts
         predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (labels != -100).float())
