@@ -56,9 +56,11 @@ AttentionMaskInterface.register(NAME, sdpa_mask)  # the mask of calls without bo
 @contextmanager
 def per_sequence_attention(model: torch.nn.Module) -> Iterator[bool]:
     """While inside, a CPU model that uses `sdpa` attends per sequence wherever its forward is given
-    `cu_seq_lens_q`; yields whether it does. Other models and devices are left as they are."""
+    `cu_seq_lens_q`; yields whether it does. Other models and devices are left as they are, and so
+    are models with a sliding window (only the mask knows it)."""
     config = getattr(model, "config", None)
     usable = (config is not None and getattr(config, "_attn_implementation", None) == "sdpa"
+              and getattr(config, "sliding_window", None) is None
               and next(model.parameters()).device.type == "cpu")
     if not usable:
         yield False
