@@ -11,7 +11,9 @@ on the embedded model. K jobs = one passage with K different self-edits. Methods
   packed-job - this project's `LoraUpdater`, job 0 with all its sequences packed into one step
                (batch size = number of sequences; the plain loop's schedule without its padding).
 
-Each method runs in its own fresh process (so its peak memory is its own) on the same jobs.
+Each method runs in its own fresh process (so its peak memory is its own) on the same jobs. With
+--repeats N it trains N times there and reports its fastest time, as the matmul peak is the best
+of several trials; the row also gives the median.
 FLOPs count real tokens only (padding excluded): forward 2*N*T, backward 2*N*T for the input
 gradients of the frozen base (no weight gradients), 6*N_lora*T for the adapters, plus attention.
 
@@ -24,6 +26,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 
@@ -113,25 +116,29 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
     ids = [[t.ids for t in updater.tokenize(seqs, settings.max_length)] for seqs in jobs]
     if args["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    _sync(args["device"])
-    started = time.perf_counter()
-    if method == "batched":
-        results = updater.train([TrainJob(seqs) for seqs in jobs])
-    elif method == "one-by-one":
-        results = [updater.train([TrainJob(seqs)])[0] for seqs in jobs]
-    elif method == "packed-job":
-        results = updater.train([TrainJob(jobs[0], replace(settings, batch_size=len(jobs[0])))])
-    else:
-        results = None
-        torch.manual_seed(0)
-        model = get_peft_model(loaded.model, LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0,
-                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
-        train = _train_reference if method == "reference" else _train_plain
-        final_loss = train(model, loaded.tokenizer, ids[0], settings)
-        adapter = _adapter_from_peft(model, settings)
-        model.unload()
-    _sync(args["device"])
-    seconds = time.perf_counter() - started
+    trials = []  # seconds of each repeat: the same training from the same seeds
+    for _ in range(1 if method == "reference" else args["repeats"]):
+        _sync(args["device"])
+        started = time.perf_counter()
+        if method == "batched":
+            results = updater.train([TrainJob(seqs) for seqs in jobs])
+        elif method == "one-by-one":
+            results = [updater.train([TrainJob(seqs)])[0] for seqs in jobs]
+        elif method == "packed-job":
+            results = updater.train([TrainJob(jobs[0], replace(settings, batch_size=len(jobs[0])))])
+        else:
+            results = None
+            torch.manual_seed(0)
+            model = get_peft_model(loaded.model, LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                                                            lora_dropout=0.0, target_modules="all-linear",
+                                                            task_type="CAUSAL_LM"))
+            train = _train_reference if method == "reference" else _train_plain
+            final_loss = train(model, loaded.tokenizer, ids[0], settings)
+            adapter = _adapter_from_peft(model, settings)
+            model.unload()
+        _sync(args["device"])
+        trials.append(time.perf_counter() - started)
+    seconds = min(trials)  # like the matmul peak: noise on a shared machine only ever makes a trial slower
     if results is not None:
         adapters = [r.adapter for r in results]
         final_loss = sum(r.epoch_losses[-1] for r in results) / len(results)
@@ -149,7 +156,7 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
     peak = (torch.cuda.max_memory_allocated() / 2**20 if args["device"].startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put({
-        "method": method, "dtype": dtype, "jobs": len(jobs), "epochs": epochs, "seconds": seconds,
+        "method": method, "dtype": dtype, "jobs": len(jobs), "epochs": epochs, "seconds": seconds, "trials": trials,
         "final_loss": final_loss, "real_tokens": sum(sum(map(len, x)) for x in ids) * epochs,
         "padded_tokens": sum(_padded_tokens(method, x) for x in ids) * epochs,
         "gflop": flops / 1e9, "answer_seconds": answer_seconds,
@@ -230,7 +237,9 @@ def print_row(r: dict, epochs: int, peak: float) -> float:
     print(f"{r['method']:<11}{r['dtype']:<9}{r['jobs']:>4}{r['epochs']:>4}{r['seconds']:>9.1f}{loop_seconds:>8.1f}"
           f"{3600 / loop_seconds:>9.0f}{r['real_tokens'] / r['seconds']:>7.0f}{pad:>5.0f}{gflops:>8.1f}"
           f"{100 * gflops / peak:>6.1f}{r['final_loss']:>7.3f}{r['answer_seconds']:>7.1f}"
-          f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>7.0f}", flush=True)
+          f"{r['correct']:>5.0f}/{r['questions']:<3}{r['peak_mib']:>7.0f}"
+          + (f"  (median of {len(r['trials'])}: {statistics.median(r['trials']):.1f} s)" if len(r["trials"]) > 1 else ""),
+          flush=True)
     return loop_seconds
 
 
@@ -244,6 +253,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", default="reference,plain,one-by-one,batched,packed-job")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train each method this many times and report the fastest (the reference: once)")
     parser.add_argument("--one-by-one-jobs", type=int, default=0,
                         help="time only this many jobs one by one (a large --k without waiting K times; default: all)")
     parser.add_argument("--json", help="also write the results to this file")
