@@ -200,7 +200,8 @@ class LoraUpdater:
         # Packed on the host, where the routing reads the owners without waiting on the device.
         packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
         lora.route(TokenRouting.from_owners(packed.owners, device))
-        bounds = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}  # host-side too
+        # Sequence boundaries are read on the host as well, before the batch moves to the device.
+        bounds = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}
         packed = packed.to(device)
         inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **bounds}
         owners, labels = packed.owners.flatten(), packed.labels.flatten()
