@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from seal_lm.adapters import Adapter
 from seal_lm.generation import Prompt, encode_prompt
 from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import LoadedModel
-from seal_lm.multi_lora import MultiLora, TokenRouting, injected
+from seal_lm.multi_lora import STRIDED_GRADIENTS_WARNING, MultiLora, TokenRouting, injected
 from seal_lm.packed_attention import per_sequence_attention, sequence_bounds
 
 
@@ -161,9 +162,11 @@ class LoraUpdater:
               per_sequence_attention(model) as per_sequence):
             for k, s in enumerate(settings):
                 lora.init_adapter(k, s.seed)
-            # One parameter group per adapter: its own learning rate, and it skips steps it has no batch for.
-            groups = [{"params": lora.adapter_parameters(k), "lr": s.learning_rate} for k, s in enumerate(settings)]
-            optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=_fused_supported(model))
+            # One parameter group per adapter, its row of the weights: its own learning rate, and its own
+            # Adam state, updated in one fused call.
+            rows = lora.optimizer_rows()
+            optimizer = torch.optim.AdamW([{"params": [row], "lr": s.learning_rate} for row, s in zip(rows, settings)],
+                                          weight_decay=0.0, fused=_fused_supported(model))
             step_losses: list[list[float]] = [[] for _ in jobs]
             model.train()
             try:
@@ -172,12 +175,14 @@ class LoraUpdater:
                     batch = [(k, seq) for k in active for seq in schedules[k][step]]
                     for k, loss in self._accumulate_gradients(lora, batch, len(jobs), per_sequence).items():
                         step_losses[k].append(loss)
-                    # Adapters without a batch this step have no gradient, so AdamW leaves them and their
-                    # state alone. Each job's learning rate follows its own schedule.
+                    # An adapter whose schedule has ended shows the optimizer no gradient, so its weights and
+                    # state stay as they are. Each job's learning rate follows its own schedule.
+                    for k, (row, gradient) in enumerate(zip(rows, lora.gradients)):
+                        row.grad = gradient if k in active else None
                     for k in active:
                         optimizer.param_groups[k]["lr"] = settings[k].lr_at(step, len(schedules[k]))
                     optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    lora.gradients.zero_()
             finally:
                 model.eval()
                 lora.route(None)
@@ -216,7 +221,9 @@ class LoraUpdater:
             logits = model(**inputs, use_cache=False).logits
             token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
             total = (token_loss * token_weights).sum()
-        total.backward()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=STRIDED_GRADIENTS_WARNING)
+            total.backward()
         per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, (token_loss * token_weights).detach())
         losses = per_adapter.tolist()  # one transfer (and device sync) for all adapters
         return {k: losses[k] for k, _ in batch}

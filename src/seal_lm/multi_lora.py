@@ -4,8 +4,9 @@ PEFT applies one adapter at a time (its mixed-adapter batches are inference-only
 trains K independent adapters (one per candidate self-edit) on the same base model. Here every
 targeted `nn.Linear` is wrapped so that one forward/backward pass serves all K adapters: the
 base matmul is shared, and the low-rank path (`A_k: [r, in]`, `B_k: [out, r]`) runs as batched
-matmuls over the adapters' weights, a fixed number of ops whatever K. Each adapter has its own
-parameters, so the gradients and optimizer state of one never touch another.
+matmuls over the adapters' weights, a fixed number of ops whatever K. Adapter k's weights are row k
+of one buffer, and its gradient row k of another, so the optimizer updates each adapter with its
+own learning rate and state in one call, and no adapter's gradient or state touches another's.
 
 Routing says which adapter each token uses:
 - `RowRouting(ids)`: one adapter per batch row (generation, evaluation); -1 means none;
@@ -40,6 +41,7 @@ class TokenRouting:
     slots: int  # per adapter: the most tokens any adapter has, plus two spares (padding's dump, a zero)
     scatter: torch.Tensor | None  # [tokens] buffer row each token's input goes to; None: one adapter owns every token
     gather: torch.Tensor | None  # [tokens] buffer row each token's output comes from
+    index: torch.Tensor | None = None  # `adapters` on the device, to pick their weights when some are absent
 
     @classmethod
     def from_owners(cls, owners: torch.Tensor, device: torch.device | str) -> TokenRouting:
@@ -51,7 +53,7 @@ class TokenRouting:
         real = flat >= 0
         adapters, block, counts = torch.unique(flat[real], return_inverse=True, return_counts=True)
         if len(adapters) == 1 and bool(real.all()):
-            return cls(adapters.tolist(), 0, None, None)
+            return cls(adapters.tolist(), 0, None, None, None)
         slots = int(counts.max()) + 2
         order = torch.argsort(block, stable=True)
         rank = torch.empty_like(order)
@@ -61,24 +63,27 @@ class TokenRouting:
         scatter[real] = row
         gather = torch.full_like(flat, slots - 2)
         gather[real] = row
-        return cls(adapters.tolist(), slots, scatter.to(device), gather.to(device))
+        return cls(adapters.tolist(), slots, scatter.to(device), gather.to(device), adapters.to(device))
 
 
 class MultiLoraLinear(nn.Module):
     """`base(x) + scaling * B_k A_k x` for the adapter k that each token is routed to."""
 
-    def __init__(self, base: nn.Linear, n_adapters: int, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, n_adapters: int, rank: int, alpha: float, dropout: float = 0.0,
+                 weights: torch.Tensor | None = None):
+        """`weights` ([K, rank * (in + out)], e.g. this layer's columns of `MultiLora.weights`) holds
+        the adapters' values; by default the layer allocates its own."""
         super().__init__()
         self.base = base
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        device = base.weight.device
-        # One leaf tensor per adapter (its gradient and optimizer state are its own), float32 whatever
-        # the base dtype: small updates must not round away.
-        self.lora_A = nn.ParameterList(
-            [nn.Parameter(torch.zeros(rank, base.in_features, device=device)) for _ in range(n_adapters)])
-        self.lora_B = nn.ParameterList(
-            [nn.Parameter(torch.zeros(base.out_features, rank, device=device)) for _ in range(n_adapters)])
+        if weights is None:
+            weights = torch.zeros(n_adapters, rank * (base.in_features + base.out_features), device=base.weight.device)
+        # All adapters' A as one leaf [K, r, in] and B as one [K, out, r]: the layout the batched matmuls
+        # take, so a step neither copies nor gathers gradients per adapter. Float32 whatever the base
+        # dtype: small updates must not round away.
+        a, b = lora_views(weights, rank, base)
+        self.lora_A, self.lora_B = nn.Parameter(a), nn.Parameter(b)
         self.routing: RowRouting | TokenRouting | None = None
         self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -90,7 +95,7 @@ class MultiLoraLinear(nn.Module):
         if isinstance(routing, RowRouting):
             dtype = self.base.weight.dtype
             with torch.no_grad():
-                self._stacked = (torch.stack(list(self.lora_A)).to(dtype), torch.stack(list(self.lora_B)).to(dtype))
+                self._stacked = (self.lora_A.to(dtype), self.lora_B.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -107,17 +112,27 @@ class MultiLoraLinear(nn.Module):
             return out + delta * (self.scaling * keep)
         if routing.scatter is None:  # one adapter owns every token: no scatter, no padding
             k = routing.adapters[0]
-            delta = (x @ self.lora_A[k].to(x.dtype).T) @ self.lora_B[k].to(x.dtype).T
+            # With one adapter, a view: its backward costs no kernel, where a selection's allocates the stack.
+            a, b = ((self.lora_A.flatten(0, 1), self.lora_B.flatten(0, 1)) if len(self.lora_A) == 1
+                    else (self.lora_A[k], self.lora_B[k]))
+            delta = (x @ a.to(x.dtype).T) @ b.to(x.dtype).T
             return torch.add(out, delta, alpha=self.scaling)
         n, slots, width = len(routing.adapters), routing.slots, x.shape[-1]
         tokens = x.reshape(-1, width)
         padded = tokens.new_zeros(n * slots, width).index_copy_(0, routing.scatter, tokens).view(n, slots, width)
-        # cat + view, not stack: the backward then hands every adapter a contiguous slice of one
-        # gradient (stack's would be copied once per adapter).
-        a = torch.cat([self.lora_A[k] for k in routing.adapters]).to(x.dtype).view(n, -1, width)
-        b = torch.cat([self.lora_B[k] for k in routing.adapters]).to(x.dtype).view(n, -1, a.shape[1])
+        a, b = self.lora_A, self.lora_B
+        if n < a.shape[0]:  # some adapters have no tokens in this step
+            a, b = a.index_select(0, routing.index), b.index_select(0, routing.index)
+        a, b = a.to(x.dtype), b.to(x.dtype)
         delta = torch.bmm(torch.bmm(padded, a.transpose(1, 2)), b.transpose(1, 2)).view(n * slots, -1)
         return torch.add(out, delta.index_select(0, routing.gather).view_as(out), alpha=self.scaling)
+
+
+def lora_views(rows: torch.Tensor, rank: int, base: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [K, r, in] and B [K, out, r] as views of `rows` [K, r * (in + out)]."""
+    split = rank * base.in_features
+    return (rows[:, :split].view(len(rows), rank, base.in_features),
+            rows[:, split:].view(len(rows), base.out_features, rank))
 
 
 def target_linears(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
@@ -134,41 +149,77 @@ def target_linears(model: nn.Module, targets: str | Sequence[str]) -> list[tuple
     return found
 
 
+STRIDED_GRADIENTS_WARNING = "grad and param do not obey the gradient layout contract"
+
+
 class MultiLora:
-    """K adapters injected into a model; `remove()` restores the original modules exactly."""
+    """K adapters injected into a model; `remove()` restores the original modules exactly.
+
+    Adapter k's weights, all layers' A and B, are row k of one buffer (`weights`, [K, numel]); each
+    layer's stacked `lora_A` and `lora_B` are views across the rows. A forward pass thus reads every
+    adapter without copying, and an optimizer updates a whole adapter in one call on its row
+    (`optimizer_rows`), with that adapter's own learning rate."""
 
     def __init__(self, model: nn.Module, n_adapters: int, rank: int, alpha: float,
                  targets: str | Sequence[str] = "all-linear", dropout: float = 0.0):
         self.model = model
+        found = target_linears(model, targets)
+        widths = [rank * (linear.in_features + linear.out_features) for _, linear in found]
+        self.weights = torch.zeros(n_adapters, sum(widths), device=found[0][1].weight.device)
+        self.gradients: torch.Tensor | None = None
+        self.rank = rank
         self.layers: dict[str, MultiLoraLinear] = {}
-        for name, linear in target_linears(model, targets):
-            wrapper = MultiLoraLinear(linear, n_adapters, rank, alpha, dropout)
+        self._columns: dict[str, slice] = {}  # each layer's columns of the buffers
+        start = 0
+        for (name, linear), width in zip(found, widths):
+            self._columns[name] = slice(start, start + width)
+            start += width
+            wrapper = MultiLoraLinear(linear, n_adapters, rank, alpha, dropout, self.weights[:, self._columns[name]])
             _set_submodule(model, name, wrapper)
             self.layers[name] = wrapper
 
-    def adapter_parameters(self, k: int) -> list[nn.Parameter]:
-        return [w for layer in self.layers.values() for w in (layer.lora_A[k], layer.lora_B[k])]
+    def optimizer_rows(self) -> list[nn.Parameter]:
+        """Adapter k's row of the buffer as one parameter, whose `.grad` is row k of `gradients`, the
+        buffer every backward pass accumulates into (so zero `gradients` between steps; set a row's
+        `.grad` to None to have the optimizer skip that adapter).
+
+        A layer's gradient views are strided (a row spans all layers), so autograd adds into them in
+        place rather than adopting its own layout, and warns once that this "may impair performance"
+        (`STRIDED_GRADIENTS_WARNING`): it is one add per layer per step, whatever the number of adapters."""
+        self.gradients = torch.zeros_like(self.weights)
+        for name, layer in self.layers.items():
+            layer.lora_A.grad, layer.lora_B.grad = lora_views(self.gradients[:, self._columns[name]], self.rank, layer.base)
+        rows = [nn.Parameter(row) for row in self.weights]
+        for row, gradient in zip(rows, self.gradients):
+            row.grad = gradient
+        return rows
 
     def init_adapter(self, k: int, seed: int) -> None:
         """PEFT's default LoRA init (A ~ U(+-1/sqrt(in)), B = 0), drawn from the adapter's own seed."""
         generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for layer in self.layers.values():
-                bound = 1.0 / layer.base.in_features**0.5
-                values = torch.rand(layer.lora_A[k].shape, generator=generator) * 2 * bound - bound
-                layer.lora_A[k].copy_(values)
-                layer.lora_B[k].zero_()
+        row = torch.zeros(self.weights.shape[1])
+        for name, layer in self.layers.items():
+            a, _ = lora_views(row[None, self._columns[name]], self.rank, layer.base)
+            bound = 1.0 / layer.base.in_features**0.5
+            a.copy_(torch.rand(a.shape, generator=generator) * 2 * bound - bound)
+        self._set_row(k, row)
 
     def load_adapter(self, k: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                a, b = weights[name]
-                layer.lora_A[k].copy_(a)
-                layer.lora_B[k].copy_(b)
+        row = torch.empty(self.weights.shape[1])
+        for name, layer in self.layers.items():
+            a, b = lora_views(row[None, self._columns[name]], self.rank, layer.base)
+            a[0], b[0] = weights[name]
+        self._set_row(k, row)
 
     def adapter_weights(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {name: (layer.lora_A[k].detach().cpu().clone(), layer.lora_B[k].detach().cpu().clone())
+        row = self.weights[k].detach().cpu()
+        return {name: tuple(w[0].clone() for w in lora_views(row[None, self._columns[name]], self.rank, layer.base))
                 for name, layer in self.layers.items()}
+
+    def _set_row(self, k: int, row: torch.Tensor) -> None:
+        """One host-to-device copy per adapter (assembled on the host), not one per layer."""
+        with torch.no_grad():
+            self.weights[k].copy_(row)
 
     def route(self, routing: RowRouting | TokenRouting | None) -> None:
         for layer in self.layers.values():
