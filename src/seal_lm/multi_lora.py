@@ -212,7 +212,7 @@ class MultiLora:
         self._set_row(k, row)
 
     def adapter_weights(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        row = self.weights[k].detach().cpu()
+        row = self.weights[k].cpu()
         return {name: tuple(w[0].clone() for w in lora_views(row[None, self._columns[name]], self.rank, layer.base))
                 for name, layer in self.layers.items()}
 
