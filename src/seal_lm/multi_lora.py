@@ -41,7 +41,7 @@ class TokenRouting:
     slots: int  # per adapter: the most tokens any adapter has, plus two spares (padding's dump, a zero)
     scatter: torch.Tensor | None  # [tokens] buffer row each token's input goes to; None: one adapter owns every token
     gather: torch.Tensor | None  # [tokens] buffer row each token's output comes from
-    index: torch.Tensor | None = None  # `adapters` on the device, to pick their weights when some are absent
+    index: torch.Tensor | None  # `adapters` on the device, to pick their weights when some are absent
 
     @classmethod
     def from_owners(cls, owners: torch.Tensor, device: torch.device | str) -> TokenRouting:
