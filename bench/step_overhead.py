@@ -16,6 +16,7 @@ against one (1.0: K for the price of one).
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import time
 
@@ -29,7 +30,7 @@ from seal_lm.models import LoadedModel, ModelSettings, load_model
 
 def narrow(loaded: LoadedModel, width: int) -> LoadedModel:
     """The same architecture and depth at `width`, randomly initialised (speed does not depend on the values)."""
-    config = loaded.model.config.__class__.from_dict(loaded.model.config.to_dict())
+    config = copy.deepcopy(loaded.model.config)
     heads = 4
     grouped = getattr(config, "num_key_value_heads", None) not in (None, config.num_attention_heads)
     config.update({"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": heads,
