@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from seal_lm.data import load_demo_corpus
+from seal_lm.domains.knowledge.data import load_demo_corpus
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 
 CHAT_TEMPLATE = (

@@ -6,10 +6,11 @@ from peft import PeftModel
 from seal_lm.cli import main
 from seal_lm.errors import SealError
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.recipes.adapt import load_documents, parse_self_check
+from seal_lm.domains.knowledge.data import load_documents
+from seal_lm.domains.knowledge.domain import parse_self_check
 
-FAST = ["--epochs", "1", "--lora-rank", "4", "--lora-alpha", "8", "--max-new-tokens", "16", "--self-check", "2",
-        "--no-progress"]
+FAST = ["--inner_loop.epochs", "1", "--inner_loop.rank", "4", "--inner_loop.alpha", "8",
+        "--self_edit_sampling.max_new_tokens", "16", "--self_check.questions", "2", "--no-progress"]
 
 
 @pytest.fixture()
@@ -53,7 +54,7 @@ def test_self_check_pairs_are_parsed_from_the_models_own_text():
 
 def test_adapt_saves_one_peft_adapter_and_prints_what_was_learned(tiny_model_dir, documents, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["adapt", str(documents), "--model", str(tiny_model_dir), "--out", str(out), *FAST]) == 0
+    assert main(["adapt", str(documents), "--model.name", str(tiny_model_dir), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "Self-check, closed-book" in printed and "Tessaly" in printed and "saved:" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -73,8 +74,8 @@ def test_adapt_saves_one_peft_adapter_and_prints_what_was_learned(tiny_model_dir
 
 def test_adapt_can_save_a_merged_model_that_loads_like_any_other(tiny_model_dir, documents, tmp_path):
     out = tmp_path / "merged"
-    assert main(["adapt", str(documents / "b-loom.txt"), "--model", str(tiny_model_dir), "--out", str(out),
-                 "--save", "merged", *FAST]) == 0
+    assert main(["adapt", str(documents / "b-loom.txt"), "--model.name", str(tiny_model_dir), "--out", str(out),
+                 "--adapt.save", "merged", *FAST]) == 0
     merged = load_model(ModelSettings(name=str(out / "model"), device="cpu", dtype="float32"))
     original = load_model(ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32"))
     name = "model.layers.0.self_attn.q_proj.weight"

@@ -4,11 +4,12 @@ import pytest
 
 from seal_lm.cli import main
 
-FAST = ["--epochs", "1", "--lora-rank", "4", "--lora-alpha", "8", "--max-new-tokens", "24", "--no-progress"]
+FAST = ["--inner_loop.epochs", "1", "--inner_loop.rank", "4", "--inner_loop.alpha", "8",
+        "--self_edit_sampling.max_new_tokens", "24", "--no-progress"]
 
 
 def _eval(tiny_model_dir, data, out, *extra):
-    return main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *FAST, *extra])
+    return main(["eval", "--model.name", str(tiny_model_dir), "--data", str(data), "--out", str(out), *FAST, *extra])
 
 
 def _lines(path):
@@ -17,7 +18,7 @@ def _lines(path):
 
 def test_eval_writes_config_results_and_summary_and_prints_the_table(tiny_model_dir, passages_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _eval(tiny_model_dir, passages_file, out, "--self-edits", "2") == 0
+    assert _eval(tiny_model_dir, passages_file, out, "--self_edits_per_passage", "2") == 0
     printed = capsys.readouterr().out
     for label in ("base model", "train on passage", "passage + self-edit", "accuracy [95% CI]"):
         assert label in printed
@@ -35,7 +36,7 @@ def test_eval_writes_config_results_and_summary_and_prints_the_table(tiny_model_
         assert len(q["predictions"]) == 2 and set(q["scores"]) == {"exact", "f1", "contains"}
     summary = json.loads((out / "summary.json").read_text())
     row = summary["conditions"]["passage"]
-    assert row["passages"] == 2 and row["questions"] == 10
+    assert row["contexts"] == 2 and row["items"] == 10 and summary["units"]["items"] == "questions"
     assert set(row["accuracy"]["contains"]) == {"mean", "low", "high", "n"}
     assert sum(summary["conditions"]["self-edit"]["self_edit_status"].values()) == 4
 
@@ -48,11 +49,11 @@ def test_rerun_resumes_without_redoing_work_and_reaches_the_same_summary(tiny_mo
     (out / "results.jsonl").write_text("".join(lines[:4]) + lines[4][:10])  # as if killed while writing line 5
     assert _eval(tiny_model_dir, passages_file, out) == 0
     records = _lines(out)
-    assert len(records) == 6 and len({(r["passage_id"], r["condition"]) for r in records}) == 6
+    assert len(records) == 6 and len({(r["context_id"], r["condition"]) for r in records}) == 6
     resumed = json.loads((out / "summary.json").read_text())
     for row in (full, resumed):
         for cond in row["conditions"].values():
-            cond.pop("seconds_per_passage")
+            cond.pop("seconds_per_context")
     assert resumed == full
     assert _eval(tiny_model_dir, passages_file, out) == 0  # nothing left to do
     assert len(_lines(out)) == 6
@@ -61,7 +62,7 @@ def test_rerun_resumes_without_redoing_work_and_reaches_the_same_summary(tiny_mo
 def test_teacher_condition_uses_another_model(tiny_model_dir, tiny_base_model_dir, passages_file, tmp_path):
     out = tmp_path / "run"
     assert _eval(tiny_model_dir, passages_file, out, "--limit", "1", "--teacher", str(tiny_base_model_dir),
-                 "--conditions", "teacher") == 0
+                 "--conditions", "[teacher]") == 0
     record, = _lines(out)
     assert record["condition"] == "teacher" and record["self_edits"]
     summary = json.loads((out / "summary.json").read_text())
@@ -70,14 +71,14 @@ def test_teacher_condition_uses_another_model(tiny_model_dir, tiny_base_model_di
 
 @pytest.mark.parametrize("args, message", [
     (["--data", "{missing}"], "data file not found"),
-    (["--conditions", "base,magic"], "unknown condition(s) magic"),
-    (["--conditions", "teacher"], "condition 'teacher' needs --teacher"),
+    (["--conditions", "[base,magic]"], "conditions: unknown value 'magic'"),
+    (["--conditions", "[teacher]"], "condition 'teacher' needs a teacher model"),
 ])
 def test_bad_input_is_a_one_line_error_and_exit_2(tiny_model_dir, tmp_path, capsys, args, message, passages_file):
     args = [a.replace("{missing}", str(tmp_path / "missing.json")) for a in args]
     if "--data" not in args:
         args += ["--data", str(passages_file)]
-    code = main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *FAST, *args])
+    code = main(["eval", "--model.name", str(tiny_model_dir), "--out", str(tmp_path / "o"), *FAST, *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
@@ -90,14 +91,14 @@ def test_help_explains_commands(capsys):
     assert "--teacher" in text and "--grader" in text and "default" in text
 
 
-TRAIN = ["train", "--rounds", "2", "--passages-per-round", "2", "--samples", "2", "--reward-repeats", "1",
-         "--limit", "1", "--grader", "f1", *FAST]
+TRAIN = ["train", "--rest_em.rounds", "2", "--rest_em.contexts_per_round", "2", "--rest_em.samples_per_context", "2",
+         "--rest_em.reward_repeats", "1", "--limit", "1", "--grader", "f1", *FAST]
 
 
 def _stable(summary):
     """A summary without its wall times."""
     for row in summary["conditions"].values():
-        row.pop("seconds_per_passage")
+        row.pop("seconds_per_context")
     for row in summary.get("rounds", []):
         row.pop("seconds")
     return summary
@@ -105,7 +106,7 @@ def _stable(summary):
 
 def test_train_runs_all_rounds_and_prints_the_table(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "train"
-    assert main([*TRAIN, "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert main([*TRAIN, "--model.name", str(tiny_model_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for label in ("base model", "train on passage", "passage + self-edit", "SEAL round 1", "SEAL round 2"):
         assert label in printed
@@ -127,7 +128,7 @@ def test_train_killed_at_any_moment_resumes_to_the_same_summary(tiny_model_dir, 
     import time
 
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = [*TRAIN, "--model", str(tiny_model_dir)]
+    args = [*TRAIN, "--model.name", str(tiny_model_dir)]
     assert main([*args, "--out", str(full)]) == 0
     for at_least in (3, 6):  # killed during the first evaluation, then again during the rollouts
         proc = subprocess.Popen([sys.executable, "-m", "seal_lm.cli", *args, "--out", str(killed)],
@@ -141,7 +142,7 @@ def test_train_killed_at_any_moment_resumes_to_the_same_summary(tiny_model_dir, 
     assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
     assert _stable(json.loads((killed / "summary.json").read_text())) == \
         _stable(json.loads((full / "summary.json").read_text()))
-    keys = [(r["kind"], r["round"], r.get("passage_id") or r.get("context_id"), r.get("condition")) for r in _lines(killed)]
+    keys = [(r["kind"], r["round"], r["context_id"], r.get("condition")) for r in _lines(killed)]
     assert len(keys) == len(set(keys)) == len(_lines(full))  # nothing done twice, nothing missing
 
 
@@ -157,11 +158,11 @@ def test_eval_resume_reads_the_saved_config(tiny_model_dir, passages_file, tmp_p
 
 def test_cpt_mode_pools_every_passage_into_one_update(tiny_model_dir, passages_file, tmp_path):
     out = tmp_path / "cpt"
-    assert main(["eval", "--mode", "cpt", "--model", str(tiny_model_dir), "--data", str(passages_file),
-                 "--out", str(out), *FAST, "--self-edits", "2"]) == 0
+    assert main(["eval", "--mode", "cpt", "--model.name", str(tiny_model_dir), "--data", str(passages_file),
+                 "--out", str(out), *FAST, "--cpt.self_edits_per_passage", "2", "--cpt.inner_loop.epochs", "1"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["mode"] == "cpt" and config["inner_loop"]["batch_size"] == 8  # SEAL's cpt defaults...
-    assert config["inner_loop"]["epochs"] == 1  # ...which flags still override
+    assert config["mode"] == "cpt" and config["cpt"]["inner_loop"]["batch_size"] == 8  # SEAL's cpt defaults...
+    assert config["cpt"]["inner_loop"]["epochs"] == 1  # ...which flags still override
     records = [r for r in _lines(out) if r["condition"] in ("passage", "self-edit")]
     for condition in ("passage", "self-edit"):
         first, second = (r for r in records if r["condition"] == condition)
@@ -172,4 +173,4 @@ def test_cpt_mode_pools_every_passage_into_one_update(tiny_model_dir, passages_f
     self_edit = next(r for r in records if r["condition"] == "self-edit")
     assert len(self_edit["self_edits"]) == 2 and len(self_edit["training"]) == 1
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["setting"].startswith("continued pretraining") and summary["conditions"]["self-edit"]["passages"] == 2
+    assert summary["setting"].startswith("continued pretraining") and summary["conditions"]["self-edit"]["contexts"] == 2

@@ -14,16 +14,16 @@ from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import ModelSettings, load_model
 from seal_lm.recipes.continual import ModelState, passage_order
 
-FAST = ["--limit", "3", "--orders", "2", "--epochs", "1", "--lora-rank", "4", "--lora-alpha", "8",
-        "--max-new-tokens", "16", "--no-progress"]
+FAST = ["--continual.passages", "3", "--continual.orders", "2", "--inner_loop.epochs", "1", "--inner_loop.rank", "4",
+        "--inner_loop.alpha", "8", "--self_edit_sampling.max_new_tokens", "16", "--no-progress"]
 
 
 # Bit-exact resume needs bitwise-deterministic training; on an H200 the resumed records differed (CUDA kernels).
-DETERMINISTIC = ("--device", "cpu")
+DETERMINISTIC = ("--model.device", "cpu")
 
 
 def _continual(model_dir, out, *extra):
-    return main(["continual", "--model", str(model_dir), "--out", str(out), *FAST, *extra])
+    return main(["continual", "--model.name", str(model_dir), "--out", str(out), *FAST, *extra])
 
 
 def _lines(path):
@@ -79,10 +79,11 @@ def test_the_guard_retries_or_refuses_updates_that_change_general_answers_and_re
     prompts = tmp_path / "general.txt"
     prompts.write_text("Name a colour.\nWhat is two plus two?\n\n")
     # A large learning rate changes the tiny model's answers; max drop 0 tolerates no change at all.
-    strict = ["--general-prompts", str(prompts), "--max-drop", "0", "--lr", "0.05", "--orders", "1"]
+    strict = ["--continual.guard_settings.general_prompts", str(prompts), "--continual.guard_settings.max_drop", "0",
+              "--inner_loop.learning_rate", "0.05", "--continual.orders", "1"]
     out = tmp_path / "retry"
-    assert _continual(tiny_model_dir, out, *strict, "--guard", "both", "--guard-action", "retry",
-                      "--max-retries", "1") == 0
+    assert _continual(tiny_model_dir, out, *strict, "--continual.guard", "both",
+                      "--continual.guard_settings.action", "retry", "--continual.guard_settings.max_retries", "1") == 0
     records = _lines(out)
     guarded = [r for r in records if r["variant"] == "guard"]
     assert len(guarded) == 3 and len([r for r in records if r["variant"] == "no-guard"]) == 3
@@ -99,7 +100,7 @@ def test_the_guard_retries_or_refuses_updates_that_change_general_answers_and_re
     assert (out / "report" / "forgetting.png").stat().st_size > 1000
 
     out = tmp_path / "reject"
-    assert _continual(tiny_model_dir, out, *strict, "--guard", "on", "--limit", "2") == 0
+    assert _continual(tiny_model_dir, out, *strict, "--continual.guard", "on", "--continual.passages", "2") == 0
     records = _lines(out)
     refused = [r for r in records if not r["accepted"]]
     assert refused and all(len(r["attempts"]) == 1 for r in records)
@@ -124,7 +125,7 @@ def test_a_killed_continual_run_resumes_to_the_same_result(tiny_model_dir, tmp_p
 
 
 def test_bad_general_prompts_file_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
-    assert _continual(tiny_model_dir, tmp_path / "x", "--guard", "on", "--general-prompts",
+    assert _continual(tiny_model_dir, tmp_path / "x", "--continual.guard", "on", "--continual.guard_settings.general_prompts",
                       str(tmp_path / "missing.txt")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seal: error:") and "missing.txt" in err and "\n" not in err
@@ -135,7 +136,7 @@ def test_a_continual_process_killed_mid_run_resumes_to_the_same_records(tiny_mod
     """SIGKILL a real `seal continual` process after some steps, resume it, compare with a full run."""
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _continual(tiny_model_dir, full, *DETERMINISTIC) == 0
-    args = ["continual", "--model", str(tiny_model_dir), *FAST, *DETERMINISTIC, "--out", str(killed)]
+    args = ["continual", "--model.name", str(tiny_model_dir), *FAST, *DETERMINISTIC, "--out", str(killed)]
     proc = subprocess.Popen([sys.executable, "-m", "seal_lm.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = killed / "results.jsonl"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from seal_lm.data import load_demo_corpus, load_passages
+from seal_lm.domains.knowledge.data import load_demo_corpus, load_passages
 from seal_lm.errors import SealError
 
 

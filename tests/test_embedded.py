@@ -8,9 +8,9 @@ import torch
 
 from seal_lm.adapters import using
 from seal_lm.cli import main
-from seal_lm.data import load_demo_corpus
-from seal_lm.domains.knowledge import answer_questions, question_prompt
-from seal_lm.formats.knowledge import training_sequences
+from seal_lm.domains.knowledge.data import load_demo_corpus
+from seal_lm.domains.knowledge.evaluation import answer_questions, question_prompt
+from seal_lm.domains.knowledge.formats import training_sequences
 from seal_lm.generation import HFGenerator
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import EMBEDDED_MODEL, embedded_gguf_path, load_model
@@ -71,7 +71,7 @@ def _answer_logprobs(model, tokenizer, prompts, answers):
 
 def test_demo_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--limit", "1", "--epochs", "3", "--max-new-tokens", "96", "--out", str(out),
+    assert main(["demo", "--limit", "1", "--inner_loop.epochs", "3", "--self_edit_sampling.max_new_tokens", "96", "--out", str(out),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "passage + self-edit" in printed and "SmolLM2-135M-Instruct" in printed

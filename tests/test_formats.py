@@ -1,8 +1,8 @@
 import pytest
 
-from seal_lm.data import Passage, Question
+from seal_lm.domains.knowledge.data import Passage, Question
 from seal_lm.errors import SealError
-from seal_lm.formats.knowledge import FORMATS, get_format, parse_completion, training_sequences
+from seal_lm.domains.knowledge.formats import FORMATS, get_format, parse_completion, training_sequences
 
 PASSAGE = Passage("Orlan Vesk", "Orlan Vesk was an astronomer born in Marrowgate in 1874.",
                   (Question("Where was Orlan Vesk born?", ("Marrowgate",)),))

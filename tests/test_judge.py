@@ -28,10 +28,13 @@ from seal_lm.judge import (
     parse_verdict,
 )
 from seal_lm.models import ModelSettings
-from seal_lm.recipes.knowledge_eval import EvalConfig, run_eval
-from seal_lm.report import print_eval_table
-from seal_lm.report_html import write_report
-from seal_lm.runs import RunDir, config_from_dict
+from seal_lm.domains.knowledge import KnowledgeConfig, KnowledgeDomain
+from seal_lm.recipes.eval import run_eval
+from seal_lm.report.terminal import print_eval_table
+from seal_lm.report import write_report
+from seal_lm.config import as_dict, parse_values
+from seal_lm.records import record_types
+from seal_lm.runs import RunDir
 
 CPU = ModelSettings(dtype="float32", device="cpu")
 ITEMS = [("Who built the observatory?", ["Orlan Vesk"], "Orlan Vesk built it."),
@@ -124,8 +127,8 @@ def test_agreement_and_kappa_on_a_hand_made_example():
     contains = [1, 1, 1, 0, 0, 0, 0, 1, 1, 0]  # disagrees on questions 4 and 8
     f1 = [0.5, 0.49, 1, 1, 0, 0, 0, 0, 1, 0.2]  # binarised at 0.5: disagrees on question 2 only
     questions = [_question(j, 0.0, f, c) for j, f, c in zip(judge, f1, contains)]
-    unjudged = {"questions": [{"scores": {"exact": 1.0, "f1": 1.0, "contains": 1.0}}]}
-    result = agreement([{"questions": questions[:4]}, unjudged, {"questions": questions[4:]}])
+    unjudged = {"scores": {"exact": 1.0, "f1": 1.0, "contains": 1.0}}
+    result = agreement([*questions[:4], unjudged, *questions[4:]])
     assert set(result) == set(GRADERS)
     # contains: observed 8/10; judge and grader say yes half the time, chance 0.5: kappa (0.8 - 0.5) / 0.5
     assert result["contains"] == pytest.approx({"agreement": 0.8, "kappa": 0.6, "n": 10})
@@ -133,7 +136,7 @@ def test_agreement_and_kappa_on_a_hand_made_example():
     assert result["f1"] == pytest.approx({"agreement": 0.9, "kappa": 0.8, "n": 10})
     # exact says no throughout: agreement is the judge's no rate, no better than chance
     assert result["exact"] == pytest.approx({"agreement": 0.5, "kappa": 0.0, "n": 10})
-    both_yes = agreement([{"questions": [_question(1, 1, 1, 1)]}])
+    both_yes = agreement([_question(1, 1, 1, 1)])
     assert both_yes["exact"] == {"agreement": 1.0, "kappa": None, "n": 1}  # chance explains it all
     assert agreement([unjudged])["f1"] == {"agreement": None, "kappa": None, "n": 0}
 
@@ -180,41 +183,35 @@ def test_an_endpoint_judge_reads_its_key_from_the_environment(tiny, tmp_path, mo
 
 
 @pytest.mark.parametrize(("settings", "words"), [
-    (JudgeSettings(), "either a local model"),
     (JudgeSettings(model="m", url="http://x"), "either a local model"),
-    (JudgeSettings(url="http://x"), "--judge-model"),
+    (JudgeSettings(url="http://x"), "judge.endpoint_model"),
     (JudgeSettings(model="m", retries=-1), "retries"),
 ])
 def test_judge_settings_are_validated(settings, words):
     with pytest.raises(SealError, match=words):
-        EvalConfig(judge=settings).validate()
+        KnowledgeConfig(judge=settings).validate()
 
 
 def test_grader_judge_needs_a_judge():
-    with pytest.raises(SealError, match="grader 'judge' needs a judge") as error:
-        EvalConfig(grader="judge").validate()
+    with pytest.raises(SealError, match="grader: judge needs a judge") as error:
+        KnowledgeConfig(grader="judge").validate()
     assert "\n" not in str(error.value)
-    EvalConfig(grader="judge", judge=JudgeSettings(model="m")).validate()
-    with pytest.raises(SealError, match="unknown grader 'llm'"):
-        EvalConfig(grader="llm", judge=JudgeSettings(model="m")).validate()
+    KnowledgeConfig(grader="judge", judge=JudgeSettings(model="m")).validate()
+    with pytest.raises(SealError, match="grader: unknown value 'llm'"):
+        KnowledgeConfig(grader="llm", judge=JudgeSettings(model="m")).validate()
 
 
-@pytest.mark.parametrize("judge", [None, JudgeSettings(url="http://127.0.0.1:8000/v1", endpoint_model="gpt-4.1")])
-def test_config_json_rebuilds_an_eval_config_with_or_without_a_judge(judge):
-    config = EvalConfig(judge=judge, conditions=("base",))
-    stored = json.loads(json.dumps(config.as_dict()))
-    assert config_from_dict(EvalConfig, stored) == config
-    without = {k: v for k, v in stored.items() if k != "judge"}  # config.json of a run made before judges
-    assert config_from_dict(EvalConfig, without).judge is None
+@pytest.mark.parametrize("judge", [JudgeSettings(), JudgeSettings(url="http://127.0.0.1:8000/v1", endpoint_model="gpt-4.1")])
+def test_config_json_rebuilds_a_config_with_or_without_a_judge(judge):
+    config = KnowledgeConfig(judge=judge, conditions=("base",))
+    assert parse_values(KnowledgeConfig, as_dict(config), "config.json") == config
+    assert config.judge.enabled == (judge.url is not None)
 
 
-def test_run_directories_written_before_judges_resume_and_another_judge_is_refused(tmp_path):
-    old = {k: v for k, v in EvalConfig().as_dict().items() if k != "judge"}
-    RunDir(tmp_path / "old", {"eval": old})  # e.g. a train run: the eval config is nested
-    RunDir(tmp_path / "old", {"eval": EvalConfig().as_dict()})
-    RunDir(tmp_path / "judged", EvalConfig(judge=JudgeSettings(model="a")).as_dict())
-    with pytest.raises(SealError, match=r"fields: judge\)"):
-        RunDir(tmp_path / "judged", EvalConfig(judge=JudgeSettings(model="b")).as_dict())
+def test_a_run_directory_refuses_another_judge(tmp_path):
+    RunDir(tmp_path / "judged", as_dict(KnowledgeConfig(judge=JudgeSettings(model="a"))), record_types())
+    with pytest.raises(SealError, match=r"fields: judge.model\)"):
+        RunDir(tmp_path / "judged", as_dict(KnowledgeConfig(judge=JudgeSettings(model="b"))), record_types())
 
 
 def _stable(records: list[dict]) -> list[dict]:
@@ -224,14 +221,14 @@ def _stable(records: list[dict]) -> list[dict]:
 def test_eval_with_a_local_judge_scores_every_answer_and_resumes_from_the_cache(tiny_model_dir, passages_file,
                                                                                 tmp_path, caplog):
     model = dataclasses.replace(CPU, name=str(tiny_model_dir))
-    config = EvalConfig(
+    config = KnowledgeConfig(
         data=str(passages_file), model=model, grader="judge",
         self_edit_sampling=SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=16),
         inner_loop=InnerLoopSettings(rank=4, alpha=8, epochs=1),
         judge=JudgeSettings(model=str(tiny_model_dir), max_new_tokens=4, retries=1),
     )
     out = tmp_path / "run"
-    summary = run_eval(config, out, show_progress=False)
+    summary = run_eval(KnowledgeDomain(config), out, show_progress=False)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 6
     for record in records:
@@ -246,13 +243,14 @@ def test_eval_with_a_local_judge_scores_every_answer_and_resumes_from_the_cache(
     assert summary["conditions"]["base"]["accuracy"]["judge"]["n"] == 10
     assert {g: a["n"] for g, a in summary["judge_agreement"].items()} == {g: 30 for g in GRADERS}
     stored = json.loads((out / "config.json").read_text())
-    assert config_from_dict(EvalConfig, stored) == config
+    assert stored.pop("command") == "eval" and stored.pop("domain") == "knowledge"
+    assert parse_values(KnowledgeConfig, stored, "config.json") == config
 
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:5]))  # as if killed before the last record
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="seal_lm.recipes.knowledge_eval")
-    resumed = run_eval(config_from_dict(EvalConfig, stored), out, show_progress=False)
+    caplog.set_level(logging.INFO, logger="seal_lm.domains.knowledge.evaluation")
+    resumed = run_eval(KnowledgeDomain(parse_values(KnowledgeConfig, stored, "config.json")), out, show_progress=False)
     redone = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert _stable(redone) == _stable(records)
     assert (out / CACHE_FILE).read_text() == cache  # nothing judged again...

@@ -12,9 +12,10 @@ from seal_lm.cli import main  # noqa: E402
 from seal_lm.executors import LocalExecutor, RayExecutor  # noqa: E402
 from seal_lm.models import ModelSettings  # noqa: E402
 
-TRAIN = ["train", "--rounds", "1", "--passages-per-round", "2", "--passages-per-rollout-batch", "1", "--samples", "2",
-         "--reward-repeats", "1", "--limit", "1", "--grader", "f1", "--epochs", "1", "--lora-rank", "4",
-         "--lora-alpha", "8", "--max-new-tokens", "16", "--no-progress"]
+TRAIN = ["train", "--rest_em.rounds", "1", "--rest_em.contexts_per_round", "2", "--rest_em.contexts_per_batch", "1",
+         "--rest_em.samples_per_context", "2", "--rest_em.reward_repeats", "1", "--limit", "1", "--grader", "f1",
+         "--inner_loop.epochs", "1", "--inner_loop.rank", "4", "--inner_loop.alpha", "8",
+         "--self_edit_sampling.max_new_tokens", "16", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,15 @@ def _without_times(value):
 
 def _records(path):
     lines = [_without_times(json.loads(line)) for line in (path / "results.jsonl").read_text().splitlines()]
-    return sorted(lines, key=lambda r: (r["kind"], r.get("round", 0), r.get("context_id", r.get("passage_id", "")),
+    return sorted(lines, key=lambda r: (r["kind"], r.get("round", 0), r.get("context_id", ""),
                                         r.get("condition", "")))
 
 
 def test_train_on_ray_workers_gives_the_in_process_results(cluster, tiny_model_dir, tmp_path):
     local, distributed = tmp_path / "local", tmp_path / "ray"
-    assert main([*TRAIN, "--model", str(tiny_model_dir), "--out", str(local)]) == 0
-    assert main([*TRAIN, "--model", str(tiny_model_dir), "--out", str(distributed), "--executor", "ray",
-                 "--workers", "2"]) == 0
+    assert main([*TRAIN, "--model.name", str(tiny_model_dir), "--out", str(local)]) == 0
+    assert main([*TRAIN, "--model.name", str(tiny_model_dir), "--out", str(distributed), "--executor.kind", "ray",
+                 "--executor.workers", "2"]) == 0
     ours, theirs = _records(local), _records(distributed)
     assert [r["kind"] for r in theirs].count("rollout") == 2
     assert ours == theirs

@@ -17,7 +17,9 @@ from seal_lm.adapters import merge_adapter, using
 from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.recipes.rest_em import RestEmSettings, Scored, contexts_for_round, kept_indices, run_rest_em
+from seal_lm.domain import RestEmSettings, Scored, Units
+from seal_lm.recipes.rest_em import contexts_for_round, kept_indices, run_rest_em
+from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
 from seal_lm.runs import RunDir
 
 
@@ -70,13 +72,24 @@ class Topic:
     title: str
 
 
+@dataclass
+class VowelConfig:
+    model: ModelSettings
+    rest_em: RestEmSettings
+    seed: int = 3
+
+
 class VowelDomain:
     """Reward: the share of vowels among the letters of a self-edit; baseline: a fixed bar."""
 
+    name = "vowels"
+    units = Units("topic", "topics", "self-edit", "self-edits")
+    eval_record = EvalRecord
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12)
     baseline = 0.3
 
-    def __init__(self):
+    def __init__(self, config: VowelConfig):
+        self.config = config
         self.topics = [Topic(f"t{i}", f"topic {i}") for i in range(4)]
 
     def training_contexts(self):
@@ -89,15 +102,16 @@ class VowelDomain:
         return [Scored(self.baseline, [_vowel_share(c) for c in outs], {"seed": seed}) for outs in completions]
 
     def evaluate(self, model, round_, run, show_progress):
-        if any(r.get("kind") == "eval" and r["round"] == round_ for r in run.records):
+        if any(r.round == round_ for r in run.of(EvalRecord)):
             return
         outs = HFGenerator(model).generate([self.self_edit_prompt(t) for t in self.topics],
                                            dataclasses.replace(GREEDY, max_new_tokens=12))
-        run.append({"kind": "eval", "round": round_, "score": sum(_vowel_share(o[0]) for o in outs) / len(outs),
-                    "seconds": 0.0})
+        score = sum(_vowel_share(o[0]) for o in outs) / len(outs)
+        run.append(EvalRecord(round=round_, context_id="all", title="all topics", condition="greedy",
+                              accuracy={"vowels": score}, seconds=0.0))
 
     def summarize(self, records):
-        return {"score": {r["round"]: r["score"] for r in records if r.get("kind") == "eval"}}
+        return {"score": {r.round: r.accuracy["vowels"] for r in records if isinstance(r, EvalRecord)}}
 
 
 def _vowel_share(text: str) -> float:
@@ -105,6 +119,7 @@ def _vowel_share(text: str) -> float:
     return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
 
 
+_TYPES = record_types(EvalRecord, RolloutRecord, PolicyUpdateRecord)
 SETTINGS = RestEmSettings(rounds=2, contexts_per_round=3, samples_per_context=4, reward_repeats=1, keep="positive",
                           contexts_per_batch=2,
                           policy_update=InnerLoopSettings(rank=4, alpha=8, learning_rate=1e-2, epochs=3, batch_size=4))
@@ -112,8 +127,9 @@ SETTINGS = RestEmSettings(rounds=2, contexts_per_round=3, samples_per_context=4,
 
 def _run(tiny_model_dir, path):
     model = ModelSettings(name=str(tiny_model_dir), device="cpu", dtype="float32")
-    run = RunDir(path, {"test": "vowels"})
-    return run_rest_em(SETTINGS, VowelDomain(), model, run, seed=3, show_progress=False), run
+    domain = VowelDomain(VowelConfig(model, SETTINGS))
+    summary = run_rest_em(domain, path, show_progress=False)
+    return summary, RunDir(path, json.loads((path / "config.json").read_text()), _TYPES)
 
 
 def _stable(summary):
@@ -133,21 +149,21 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 def test_policy_update_keeps_good_self_edits_trains_on_them_and_saves_a_checkpoint(finished_run):
     summary, run, path = finished_run
-    kinds = [r["kind"] for r in run.records]
+    kinds = [r.kind for r in run.records]
     assert kinds.count("rollout") == 6 and kinds.count("sft") == 2 and kinds.count("eval") == 3
-    rollouts = [r for r in run.records if r["kind"] == "rollout"]
-    assert [r["context_id"] for r in rollouts] == ["t0", "t1", "t2", "t3", "t0", "t1"]
+    rollouts = run.of(RolloutRecord)
+    assert [r.context_id for r in rollouts] == ["t0", "t1", "t2", "t3", "t0", "t1"]
     for r in rollouts:
-        assert len(r["completions"]) == 4 and r["gains"] == pytest.approx([x - 0.3 for x in r["rewards"]])
-        assert r["kept"] == [i for i, x in enumerate(r["rewards"]) if x > 0.3]
-    for update in (r for r in run.records if r["kind"] == "sft"):
-        kept = [r for r in rollouts if r["round"] == update["round"]]
-        assert update["examples"] == sum(len(r["kept"]) for r in kept) > 0
-        assert update["nll_after"] < update["nll_before"]  # the merged checkpoint learned the kept self-edits
-        assert (path / update["checkpoint"] / "model.safetensors").is_file()
-        assert (path / update["checkpoint"] / "tokenizer_config.json").is_file()
+        assert len(r.completions) == 4 and r.gains == pytest.approx([x - 0.3 for x in r.rewards])
+        assert r.kept == [i for i, x in enumerate(r.rewards) if x > 0.3]
+    for update in run.of(PolicyUpdateRecord):
+        kept = [r for r in rollouts if r.round == update.round]
+        assert update.examples == sum(len(r.kept) for r in kept) > 0
+        assert update.nll_after < update.nll_before  # the merged checkpoint learned the kept self-edits
+        assert (path / update.checkpoint / "model.safetensors").is_file()
+        assert (path / update.checkpoint / "tokenizer_config.json").is_file()
     assert [row["round"] for row in summary["rounds"]] == [1, 2]
-    assert summary["rounds"][0]["kept"] == sum(bool(r["kept"]) for r in rollouts[:3])
+    assert summary["rounds"][0]["kept"] == sum(bool(r.kept) for r in rollouts[:3])
     assert json.loads((path / "summary.json").read_text())["rounds"][1]["contexts"] == 3
 
 
@@ -155,7 +171,7 @@ def test_a_run_resumed_after_losing_work_reaches_the_same_summary(finished_run, 
     summary, run, path = finished_run
     lines = (path / "results.jsonl").read_text().splitlines(keepends=True)
     # As if killed during round 2's rollouts: round 1 and its checkpoint are kept, the rest is lost.
-    cut = next(i for i, r in enumerate(run.records) if r["kind"] == "rollout" and r["round"] == 2) + 1
+    cut = next(i for i, r in enumerate(run.records) if isinstance(r, RolloutRecord) and r.round == 2) + 1
     copy = tmp_path / "resumed"
     copy.mkdir()
     (copy / "config.json").write_text((path / "config.json").read_text())

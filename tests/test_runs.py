@@ -1,31 +1,70 @@
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 from seal_lm.errors import SealError
-from seal_lm.runs import RESULTS_FILE, RunDir
+from seal_lm.records import Record, record_types
+from seal_lm.runs import RESULTS_FILE, RUNTIME_FILE, RunDir
 
 
-def test_records_are_appended_and_reread(tmp_path):
-    run = RunDir(tmp_path / "r", {"a": 1})
-    run.append({"k": 1})
-    run.append({"k": 2})
-    assert [r["k"] for r in RunDir(tmp_path / "r", {"a": 1}).records] == [1, 2]
+@dataclass
+class Note(Record):
+    kind: ClassVar[str] = "note"
+    k: int
+
+
+TYPES = record_types(Note)
+
+
+def test_records_are_appended_and_reread_as_their_types(tmp_path):
+    run = RunDir(tmp_path / "r", {"a": 1}, TYPES)
+    run.append(Note(1))
+    run.append(Note(2))
+    assert RunDir(tmp_path / "r", {"a": 1}, TYPES).records == [Note(1), Note(2)]
     assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"a": 1}
+    assert (tmp_path / "r" / RESULTS_FILE).read_text() == '{"kind": "note", "k": 1}\n{"kind": "note", "k": 2}\n'
 
 
 def test_a_line_cut_by_a_kill_is_dropped_and_the_file_repaired(tmp_path):
-    run = RunDir(tmp_path, {})
-    run.append({"k": 1})
+    run = RunDir(tmp_path, {}, TYPES)
+    run.append(Note(1))
     with (tmp_path / RESULTS_FILE).open("a") as f:
-        f.write('{"k": 2, "trunc')
-    reopened = RunDir(tmp_path, {})
-    assert reopened.records == [{"k": 1}]
-    reopened.append({"k": 3})
+        f.write('{"kind": "note", "k": 2, "trunc')
+    reopened = RunDir(tmp_path, {}, TYPES)
+    assert reopened.records == [Note(1)]
+    reopened.append(Note(3))
     assert [json.loads(l)["k"] for l in (tmp_path / RESULTS_FILE).read_text().splitlines()] == [1, 3]
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"kind": "other", "k": 1}\n', "line 1: unknown record kind 'other'"),
+    ('{"kind": "note", "k": 1, "x": 2}\n', "line 1: a 'note' record with unknown field"),
+    ('{"kind": "note"}\n', "line 1: a 'note' record with missing field"),
+    ('not json\n{"kind": "note", "k": 1}\n', "line 1 is not a JSON object"),
+])
+def test_a_bad_record_is_an_error_naming_the_file_and_line(tmp_path, line, message):
+    (tmp_path / RESULTS_FILE).write_text(line)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SealError, match=message):
+        RunDir(tmp_path, {}, TYPES)
+
+
 def test_a_different_config_is_refused(tmp_path):
-    RunDir(tmp_path, {"seed": 0, "limit": 2})
+    RunDir(tmp_path, {"seed": 0, "limit": 2}, TYPES)
     with pytest.raises(SealError, match="different config .*fields: seed"):
-        RunDir(tmp_path, {"seed": 1, "limit": 2})
+        RunDir(tmp_path, {"seed": 1, "limit": 2}, TYPES)
+
+
+def test_runtime_is_recorded_per_process_and_a_change_warns_in_one_line(tmp_path, caplog):
+    run = RunDir(tmp_path, {}, TYPES)
+    first = {"generation_backend": "hf", "torch": "2.13.0", "device": "cpu"}
+    run.note_runtime(first)
+    caplog.clear()
+    run.note_runtime(first)
+    assert not caplog.records
+    run.note_runtime({**first, "generation_backend": "vllm"})
+    message, = [r.getMessage() for r in caplog.records]
+    assert "generation_backend vllm (was hf)" in message and "\n" not in message
+    assert len(json.loads((tmp_path / RUNTIME_FILE).read_text())) == 3

@@ -123,13 +123,18 @@ class RayExecutor:
 
 @dataclasses.dataclass
 class ExecutorSettings:
-    """How to run inner loops; not part of a run's config (a run may be resumed on another executor)."""
+    """Where the rewards' inner loops run; not part of a run's config (a run may be resumed on another)."""
 
     kind: str = "local"
+    """local: in this process; ray: on a Ray cluster, one model replica per worker"""
     address: str | None = None
+    """join this Ray cluster (auto, or ray://host:10001); null: start a local one"""
     workers: int = 2
+    """Ray workers, each holding one model"""
     cpus_per_worker: float = 1
+    """CPU slots per Ray worker"""
     gpus_per_worker: float = 0
+    """GPUs per Ray worker (1 puts each replica on its own GPU)"""
 
     def create(self) -> Executor:
         if self.kind == "local":

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from seal_lm.adapters import Adapter, applied
+from seal_lm.config import ConfigError, at_least
 from seal_lm.errors import SealError
 from seal_lm.models import LoadedModel
 from seal_lm.multi_lora import RowRouting
@@ -60,12 +61,26 @@ class SamplingParams:
     """Sampling settings; temperature 0 means greedy decoding."""
 
     temperature: float = 1.0
+    """sampling temperature; 0 is greedy"""
     top_p: float = 0.95
+    """nucleus sampling"""
     max_new_tokens: int = 256
+    """length limit of a completion, in tokens"""
     n: int = 1
+    """completions per prompt"""
     stop: tuple[str, ...] = ()
-    include_stop: bool = False  # keep the stop string that ended a completion (as vLLM's include_stop_str_in_output)
+    """strings that end a completion"""
+    include_stop: bool = False
+    """keep the stop string that ended a completion (vLLM's include_stop_str_in_output)"""
     seed: int | None = None
+    """sampling seed (runs derive one per unit of work)"""
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.temperature", self.temperature, 0)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{key}.top_p", f"must be in (0, 1] (got {self.top_p})")
+        at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1)
+        at_least(f"{key}.n", self.n, 1)
 
 
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
@@ -162,22 +177,27 @@ class HFGenerator:
 BACKENDS = ("auto", "hf", "vllm")
 
 
-def make_generator(loaded: LoadedModel, backend: str | None = None) -> Generator:
-    """The generation backend for `loaded`: vLLM when the model is on a CUDA GPU and vLLM is installed
-    ("auto"), else transformers. `backend` (or SEAL_GENERATION_BACKEND) forces "hf" or "vllm".
-
-    Only for models whose weights equal their checkpoint (`loaded.source`): vLLM reads the weights
-    from there, so a model changed in memory (merged updates) must use `HFGenerator` directly."""
+def backend_name(loaded: LoadedModel, backend: str | None = None) -> str:
+    """Which generation backend serves `loaded`: "vllm" when the model is on a CUDA GPU and vLLM is installed
+    (for "auto"), else "hf". `backend` (or SEAL_GENERATION_BACKEND) forces "hf" or "vllm"."""
     backend = backend or os.environ.get("SEAL_GENERATION_BACKEND", "auto")
     if backend not in BACKENDS:
         raise SealError(f"unknown generation backend '{backend}' (choose {', '.join(BACKENDS)}; "
-                        "from SEAL_GENERATION_BACKEND or --generation-backend)")
+                        "from SEAL_GENERATION_BACKEND or --generation_backend)")
     installed = importlib.util.find_spec("vllm") is not None
     vllm_ready = installed and loaded.device.type == "cuda"
     if backend == "vllm" and not vllm_ready:
         raise SealError("the vLLM generation backend needs a CUDA GPU and `pip install seal-lm[vllm]` "
                         f"(model on {loaded.device.type}, vLLM {'installed' if installed else 'not installed'})")
-    if backend == "hf" or not vllm_ready:
+    return "hf" if backend == "hf" or not vllm_ready else "vllm"
+
+
+def make_generator(loaded: LoadedModel, backend: str | None = None) -> Generator:
+    """The generation backend for `loaded` (see `backend_name`).
+
+    Only for models whose weights equal their checkpoint (`loaded.source`): vLLM reads the weights
+    from there, so a model changed in memory without a checkpoint must use `HFGenerator` directly."""
+    if backend_name(loaded, backend) == "hf":
         return HFGenerator(loaded)
     from seal_lm.vllm_generation import VLLMGenerator
 

@@ -21,27 +21,49 @@ import torch
 import torch.nn.functional as F
 
 from seal_lm.adapters import Adapter
+from seal_lm.config import ConfigError, at_least, one_of
 from seal_lm.generation import Prompt, encode_prompt
 from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import LoadedModel
 from seal_lm.multi_lora import STRIDED_GRADIENTS_WARNING, MultiLora, TokenRouting, injected
 from seal_lm.packed_attention import per_sequence_attention, sequence_bounds
 
+SCHEDULES = ("linear", "cosine")
+
 
 @dataclass
 class InnerLoopSettings:
-    """LoRA and optimisation settings; defaults are the SEAL paper's knowledge-incorporation ones."""
+    """LoRA and optimisation settings of one update."""
 
     rank: int = 32
+    """LoRA rank"""
     alpha: int = 64
+    """LoRA alpha (the update is scaled by alpha / rank)"""
     dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"  # every linear projection except the LM head
+    """LoRA dropout"""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """modules to adapt: a list of names (e.g. [q_proj,v_proj]), or all-linear (every linear layer but the head)"""
     learning_rate: float = 1e-3
+    """peak learning rate of AdamW"""
     epochs: int = 10
+    """passes over the sequences"""
     batch_size: int = 1
-    max_length: int = 2048  # longer sequences are truncated; shorter ones are never padded to it
-    schedule: str = "linear"  # learning rate decays to zero without warm-up: "linear" (HF Trainer's) or "cosine"
+    """sequences per optimizer step"""
+    max_length: int = 2048
+    """longer sequences are truncated; shorter ones are never padded to it"""
+    schedule: str = "linear"
+    """learning-rate decay to zero without warm-up: linear (the Hugging Face Trainer's) or cosine"""
     seed: int = 0
+    """seed of the adapter's initialisation and batch order (runs derive one per job from it)"""
+
+    def validate(self, key: str) -> None:
+        for name in ("rank", "alpha", "epochs", "batch_size", "max_length"):
+            at_least(f"{key}.{name}", getattr(self, name), 1)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{key}.learning_rate", f"must be positive (got {self.learning_rate})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{key}.dropout", f"must be in [0, 1) (got {self.dropout})")
+        one_of(f"{key}.schedule", self.schedule, SCHEDULES)
 
     def lr_at(self, step: int, total: int) -> float:
         progress = step / total

@@ -21,11 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from seal_lm.config import ConfigError, at_least
 from seal_lm.errors import SealError
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.runs import append_jsonl, read_jsonl
+from seal_lm.records import append_jsonl, read_jsonl
 
 JUDGE = "judge"  # its name among the graders
 CACHE_FILE = "judge_cache.jsonl"
@@ -40,25 +41,36 @@ _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 @dataclass
 class JudgeSettings:
-    """Which judge: a local `model` (any --model value), or an OpenAI-compatible `url` serving
-    `endpoint_model`, its API key read from the environment variable `api_key_env` (never stored)."""
+    """Which judge, if any: a local `model`, or an OpenAI-compatible `url` serving `endpoint_model`, its API
+    key read from the environment variable `api_key_env` (never stored)."""
 
     model: str | None = None
+    """a local judge model (any model.name value; loaded with the model's dtype and device)"""
     url: str | None = None
+    """an OpenAI-compatible endpoint as judge (seal serve, vLLM, a hosted API)"""
     endpoint_model: str | None = None
+    """the model the endpoint serves, e.g. gpt-4.1"""
     api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the endpoint's API key (the key itself is never stored)"""
     max_new_tokens: int = 16
-    retries: int = 2  # re-asks, sampled, when a verdict is neither yes nor no; then it counts as 'no'
+    """length of a verdict"""
+    retries: int = 2
+    """re-asks, sampled, when a verdict is neither yes nor no; then it counts as no"""
 
-    def validate(self) -> None:
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None or self.url is not None or self.endpoint_model is not None
+
+    def validate(self, key: str = "judge") -> None:
+        if not self.enabled:
+            return
         if (self.model is None) == (self.url is None):
-            raise SealError("a judge is either a local model (--judge MODEL) or an endpoint (--judge-url URL), "
-                            "not both or neither")
+            raise ConfigError(key, "a judge is either a local model (judge.model) or an endpoint (judge.url), "
+                                   "not both or neither")
         if self.url is not None and not self.endpoint_model:
-            raise SealError("--judge-url needs --judge-model NAME (the model the endpoint serves)")
-        if self.retries < 0 or self.max_new_tokens < 1:
-            raise SealError(f"judge retries must be at least 0 and max_new_tokens at least 1 "
-                            f"(got {self.retries}, {self.max_new_tokens})")
+            raise ConfigError(f"{key}.endpoint_model", "judge.url needs the name of the model it serves")
+        at_least(f"{key}.retries", self.retries, 0)
+        at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1)
 
     @property
     def name(self) -> str:
@@ -100,7 +112,7 @@ class LLMJudge:
         self.stats = JudgeStats()
         self._cache: dict[str, float] = {}
         if cache_path is not None:
-            self._cache = {entry["key"]: entry["verdict"] for entry in read_jsonl(cache_path)}
+            self._cache = {entry["key"]: entry["verdict"] for entry in read_jsonl(cache_path, repair=True)}
 
     def key(self, question: str, answers: Sequence[str], prediction: str) -> str:
         text = json.dumps([self.name, question, list(answers), prediction], ensure_ascii=False)
@@ -161,11 +173,11 @@ def build_judge(settings: JudgeSettings, model: ModelSettings, cache_path: Path 
     return LLMJudge(generator, settings.name, cache_path, settings.max_new_tokens, settings.retries)
 
 
-def agreement(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per string grader: how often it agrees with the judge on a question (both scores binarised at
-    0.5), Cohen's kappa (agreement beyond chance; None when chance alone explains it) and n."""
+def agreement(questions: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per string grader: how often it agrees with the judge on a graded question (both scores binarised
+    at 0.5), Cohen's kappa (agreement beyond chance; None when chance alone explains it) and n."""
     pairs = [(q["scores"][JUDGE] >= 0.5, {g: q["scores"][g] >= 0.5 for g in GRADERS})
-             for r in records for q in r.get("questions", []) if JUDGE in q["scores"]]
+             for q in questions if JUDGE in q["scores"]]
     n = len(pairs)
     out = {}
     for grader in GRADERS:

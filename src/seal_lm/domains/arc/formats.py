@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from seal_lm.domains.fewshot.augment import FAMILIES
-from seal_lm.domains.fewshot.grids import grid_to_text
-from seal_lm.domains.fewshot.tasks import Task
+from seal_lm.domains.arc.augment import FAMILIES
+from seal_lm.domains.arc.grids import grid_to_text
+from seal_lm.domains.arc.tasks import Task
 from seal_lm.generation import Prompt
 
 LOSSES = ("all", "output")  # train on every token of an example, or on its output grid only

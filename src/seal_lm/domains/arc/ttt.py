@@ -13,10 +13,10 @@ import random
 from collections.abc import Sequence
 
 from seal_lm.adapters import Adapter
-from seal_lm.domains.fewshot.augment import Augmentation, build_training_examples, vote
-from seal_lm.domains.fewshot.grids import Grid, task_prompt_text, text_to_grid
-from seal_lm.domains.fewshot.tasks import Task
-from seal_lm.formats.fewshot import TTTConfig
+from seal_lm.domains.arc.augment import Augmentation, build_training_examples, vote
+from seal_lm.domains.arc.grids import Grid, task_prompt_text, text_to_grid
+from seal_lm.domains.arc.tasks import Task
+from seal_lm.domains.arc.formats import TTTConfig
 from seal_lm.generation import Generator, Prompt, SamplingParams
 from seal_lm.inner_loop import Example, InnerLoopSettings, TrainJob
 

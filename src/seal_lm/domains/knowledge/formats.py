@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from seal_lm.data import Passage
+from seal_lm.domains.knowledge.data import Passage
 from seal_lm.errors import SealError
 from seal_lm.generation import Prompt
 

@@ -10,23 +10,18 @@ from rich.table import Table
 from seal_lm.stats import Estimate
 
 
-def eval_table(summary: dict[str, Any], title: str = "Closed-book accuracy") -> Table:
-    """One row per condition; few-shot summaries (unit "task") count tasks instead of passages and questions."""
-    grader = summary["grader"]
-    per_task = summary.get("unit") == "task"
-    if per_task:
-        title = "Task success"
-    table = Table(title=f"{title} ({summary['model']}, grader: {grader})", caption=summary.get("setting"))
-    columns = ([("condition", "left"), ("success [95% CI]", "right"), ("tasks", "right"), ("s / task", "right")]
-               if per_task else
-               [("condition", "left"), ("accuracy [95% CI]", "right"), ("passages", "right"), ("questions", "right"),
-                ("s / passage", "right")])
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)
+def eval_table(summary: dict[str, Any]) -> Table:
+    """One row per condition, counted in the domain's units (passages and questions, tasks and test cases)."""
+    grader, units = summary["grader"], summary["units"]
+    table = Table(title=f"{summary['title']} ({summary['model']}, grader: {grader})", caption=summary.get("setting"))
+    columns = [("condition", "left"), ("accuracy [95% CI]", "right"), (units["contexts"], "right"),
+               (units["items"], "right"), (f"s / {units['context']}", "right")]
+    for name, justify in columns:  # the label wraps, so that narrow terminals keep every number whole
+        table.add_column(name, justify=justify, no_wrap=name != "condition", min_width=len(name))
     for row in summary["conditions"].values():
         estimate = Estimate(**row["accuracy"][grader])
-        counts = [str(row["passages"])] if per_task else [str(row["passages"]), str(row["questions"])]
-        table.add_row(row["label"], str(estimate), *counts, f"{row['seconds_per_passage']:.1f}")
+        table.add_row(row["label"], str(estimate), str(row["contexts"]), str(row["items"]),
+                      f"{row['seconds_per_context']:.1f}")
     return table
 
 
@@ -43,6 +38,16 @@ def print_eval_table(summary: dict[str, Any], console: Console | None = None) ->
         console.print(judge_agreement_line(summary["judge_agreement"]))
 
 
+def print_rounds(summary: dict[str, Any], console: Console | None = None) -> None:
+    """One line per ReST-EM round: mean reward against the baseline, and how often a self-edit beat it."""
+    console = console or Console()
+    unit = summary["units"]["contexts"]
+    for row in summary.get("rounds", []):
+        console.print(f"round {row['round']}: mean reward {100 * row['mean_reward']:.1f}% vs baseline "
+                      f"{100 * row['mean_baseline']:.1f}%; a self-edit beat it on {row['kept']} of {row['contexts']} "
+                      f"{unit}")
+
+
 def judge_agreement_line(agreement: dict[str, dict[str, Any]]) -> str:
     """How often the judge agrees with each string grader, with Cohen's kappa, in one line."""
     n = max((a["n"] for a in agreement.values()), default=0)
@@ -54,22 +59,24 @@ def judge_agreement_line(agreement: dict[str, dict[str, Any]]) -> str:
 
 
 def print_forgetting(summary: dict[str, Any], console: Console | None = None) -> None:
-    """The forgetting matrix of each variant (rows: after update i; columns: passage at position j),
+    """The forgetting matrix of each variant (rows: after update i; columns: context at position j),
     mean over orders with the spread, then final accuracies with their intervals and the refusals."""
     console = console or Console()
-    grader, n = summary["grader"], summary["passages"]
+    grader, n, units = summary["grader"], summary["contexts"], summary["units"]
     for variant, m in summary["matrices"].items():
         table = Table(title=f"Forgetting matrix, {variant} ({summary['model']}, grader: {grader}, "
                             f"{m['orders']} orders, updates {summary['accumulate']}d)",
-                      caption="row i: after update i; column j: the j-th passage learned; mean ± sd over orders")
+                      caption=f"row i: after update i; column j: the j-th {units['context']} learned; "
+                              "mean ± sd over orders")
         table.add_column("after", justify="right")
         for j in range(n):
             table.add_column(f"p{j + 1}", justify="right")
         for i, (row, spread) in enumerate(zip(m["mean"], m["std"])):
             table.add_row(f"{i + 1}", *(f"{100 * v:.0f}±{100 * s:.0f}" if v is not None else "" for v, s in zip(row, spread)))
         console.print(table)
-        console.print(f"{variant}: final accuracy on the first passage {Estimate(**m['final_first'])} "
-                      f"(n={m['final_first']['n']} questions), on all passages {Estimate(**m['final_all'])} "
+        console.print(f"{variant}: final accuracy on the first {units['context']} {Estimate(**m['final_first'])} "
+                      f"(n={m['final_first']['n']} {units['items']}), on all {units['contexts']} "
+                      f"{Estimate(**m['final_all'])} "
                       f"(n={m['final_all']['n']}); updates refused: {m['refused']} of {m['updates']}"
                       + (f", retried: {m['retried']}" if m["retried"] else ""))
 

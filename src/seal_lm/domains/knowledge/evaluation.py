@@ -1,0 +1,250 @@
+"""Knowledge incorporation's evaluation: learn a passage, then answer its questions closed-book.
+
+For each passage and condition, closed-book accuracy on its questions (the passage is never in the
+question prompt). Mode "single" (the paper's single-passage setting) makes one LoRA update per
+passage; mode "cpt" (continued pretraining) one update on the pooled training data of `cpt.docs`
+passages, after which all their questions are asked. Conditions:
+  base       - the model as it is;
+  passage    - after a LoRA update on the passage alone;
+  self-edit  - after a LoRA update on the passage plus the model's own self-edit(s);
+  teacher    - after a LoRA update on the passage plus self-edits written by another model.
+Each (passage, condition) is one `PassageEval` record, appended as soon as its group of passages
+finishes. With a judge configured, an LLM judge grades every answer as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from seal_lm.adapters import Adapter
+from seal_lm.domain import condition_row
+from seal_lm.domains.knowledge.data import Passage
+from seal_lm.domains.knowledge.formats import KnowledgeFormat, ParsedSelfEdit, parse_completion, training_sequences
+from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
+from seal_lm.grading import GRADERS, grade_all
+from seal_lm.inner_loop import LoraUpdater, TrainJob
+from seal_lm.judge import CACHE_FILE, JUDGE, LLMJudge, agreement, build_judge
+from seal_lm.models import LoadedModel, load_model
+from seal_lm.records import EvalRecord
+from seal_lm.runs import RunDir, derived_seed
+
+if TYPE_CHECKING:
+    from seal_lm.domains.knowledge.domain import KnowledgeConfig
+
+CONDITIONS = ("base", "passage", "self-edit", "teacher")
+# The paper's evaluation: greedy decoding, at most 64 new tokens, question only.
+ANSWER_SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=64, stop=("\nQuestion:",))
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassageEval(EvalRecord):
+    """A passage under one condition: its self-edits, what each update trained on, every answer."""
+
+    training: list[dict[str, Any]] = field(default_factory=list)  # per update: sequences, losses, tokens, seconds
+    questions: list[dict[str, Any]] = field(default_factory=list)  # question, answers, predictions, scores
+
+
+def question_prompt(question: str) -> Prompt:
+    """The closed-book prompt: no passage, just the question."""
+    return Prompt(
+        messages=(("user", f"Answer the question directly and concisely.\nQuestion: {question}"),),
+        text=f"Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:",
+    )
+
+
+@dataclass
+class SelfEdit:
+    completion: str
+    parsed: ParsedSelfEdit
+
+    def as_record(self) -> dict:
+        return {"completion": self.completion, "status": self.parsed.status, "items": list(self.parsed.items)}
+
+
+def write_self_edits(
+    generator: Generator, passages: Sequence[Passage], fmt: KnowledgeFormat, params: SamplingParams
+) -> list[list[SelfEdit]]:
+    """`params.n` self-edits for each passage, parsed; unusable ones are kept (and counted) too."""
+    completions = generator.generate([fmt.prompt(p) for p in passages], params)
+    return [[SelfEdit(c, parse_completion(c, fmt)) for c in per_passage] for per_passage in completions]
+
+
+def answer_questions(
+    generator: Generator, passages: Sequence[Passage], adapters: Sequence[Adapter | None] | None = None
+) -> list[list[dict]]:
+    """Closed-book answers to every question of `passages` (passage i answered by `adapters[i]`,
+    all in one batched call), graded by every grader."""
+    per_passage = list(adapters) if adapters is not None else [None] * len(passages)
+    questions = [q for p in passages for q in p.questions]
+    per_question = [a for p, a in zip(passages, per_passage) for _ in p.questions]
+    answers = generator.generate([question_prompt(q.question) for q in questions], ANSWER_SAMPLING, per_question)
+    graded = iter(
+        {"question": q.question, "answers": list(q.answers), "prediction": a[0].strip(),
+         "scores": grade_all(a[0], q.answers)}
+        for q, a in zip(questions, answers)
+    )
+    return [[next(graded) for _ in p.questions] for p in passages]
+
+
+class KnowledgeEvaluator:
+    """Runs one condition for a group of passages at a time: self-edits for all of them in one
+    batched generation, all their inner loops in one multi-adapter pass, all answers in one batch."""
+
+    def __init__(self, config: KnowledgeConfig, fmt: KnowledgeFormat, loaded: LoadedModel,
+                 teacher: Generator | None = None, judge: LLMJudge | None = None):
+        self.config = config
+        self.fmt = fmt
+        self.generator = make_generator(loaded)
+        self.updater = LoraUpdater(loaded, config.inner_loop, max_adapters=config.adapters_per_pass)
+        self.teacher = teacher
+        self.judge = judge
+
+    def run(self, passages: list[Passage], condition: str, round_: int = 0) -> list[PassageEval]:
+        """Records for `passages` under `condition`; `round_` > 0 marks a SEAL policy after that RL round."""
+        started = time.perf_counter()
+        config = self.config
+        # The seed does not depend on the round: every round's self-edits are sampled with the same
+        # random numbers, which makes rounds differ less by chance.
+        seed = derived_seed(config.seed, condition, *(p.id for p in passages))
+        records = [PassageEval(round=round_, context_id=p.id, title=p.title, condition=condition, accuracy={},
+                               seconds=0.0) for p in passages]
+        if condition == "base":
+            samples = [[graded] for graded in answer_questions(self.generator, passages)]
+        else:
+            cpt = config.mode == "cpt"
+            if condition == "passage":
+                edits: list[list[SelfEdit]] = [[] for _ in passages]
+            else:
+                writer = self.teacher if condition == "teacher" else self.generator
+                n = config.cpt.self_edits_per_passage if cpt else config.self_edits_per_passage
+                edits = write_self_edits(writer, passages, self.fmt,
+                                         dataclasses.replace(config.self_edit_sampling, n=n, seed=seed))
+            if cpt:  # one update on everything the pool's passages contribute
+                sequence_sets = [[training_sequences(p, [e.parsed for e in es])] for p, es in zip(passages, edits)]
+                pooled = [seq for sets in sequence_sets for seq in sets[0]]
+                result, = self.updater.train([TrainJob(pooled, dataclasses.replace(config.cpt.inner_loop, seed=seed))])
+                per_passage = [[result] for _ in passages]
+            else:  # one update per passage and self-edit, all trained together
+                sequence_sets = [[training_sequences(p, [e.parsed]) for e in es] or [training_sequences(p)]
+                                 for p, es in zip(passages, edits)]
+                jobs = [TrainJob(seqs, dataclasses.replace(config.inner_loop, seed=seed + j))
+                        for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
+                results = iter(self.updater.train(jobs))
+                per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
+            # Answer sample j of every passage in one batch, each passage with its own adapter.
+            n_samples = max(len(r) for r in per_passage)
+            answered = [answer_questions(self.generator, passages, [r[j].adapter for r in per_passage])
+                        for j in range(n_samples)]
+            samples = [[answered[j][i] for j in range(len(per_passage[i]))] for i in range(len(passages))]
+            for record, es, sets, rs in zip(records, edits, sequence_sets, per_passage):
+                record.self_edits = [e.as_record() for e in es]
+                record.training = [
+                    {"sequences": seqs, "epoch_losses": r.epoch_losses, "tokens": r.train_tokens, "seconds": r.seconds}
+                    for seqs, r in zip(sets, rs)
+                ]
+        seconds = (time.perf_counter() - started) / len(passages)  # without the judge: grading is not SEAL's cost
+        for record, passage_samples in zip(records, samples):
+            record.questions = _merge_samples(passage_samples)
+        if self.judge:
+            self._judge([q for record in records for q in record.questions])
+        for record in records:
+            record.accuracy = {g: sum(q["scores"][g] for q in record.questions) / len(record.questions)
+                               for g in config.graders}
+            record.seconds = seconds
+        return records
+
+    def _judge(self, questions: list[dict]) -> None:
+        """The judge's score of each question, averaged over its predictions; one batch for the whole group."""
+        items = [(q["question"], q["answers"], p) for q in questions for p in q["predictions"]]
+        verdicts = iter(self.judge.grade(items))
+        for q in questions:
+            q["scores"][JUDGE] = sum(next(verdicts) for _ in q["predictions"]) / len(q["predictions"])
+
+
+def _merge_samples(samples: list[list[dict]]) -> list[dict]:
+    """One entry per question: every sample's prediction, and scores averaged over samples."""
+    merged = []
+    for per_sample in zip(*samples):
+        first = per_sample[0]
+        merged.append({
+            "question": first["question"],
+            "answers": first["answers"],
+            "predictions": [q["prediction"] for q in per_sample],
+            "scores": {g: sum(q["scores"][g] for q in per_sample) / len(per_sample) for g in GRADERS},
+        })
+    return merged
+
+
+def evaluate_round(config: KnowledgeConfig, fmt: KnowledgeFormat, passages: list[Passage], model: LoadedModel,
+                   round_: int, run: RunDir, show_progress: bool, label: str) -> None:
+    """Append the records of round `round_` that `run` lacks: the configured conditions before RL
+    (round 0), the self-edit condition of the round's policy after it."""
+    conditions = config.conditions if round_ == 0 else ("self-edit",)
+    done = {(r.context_id, r.condition) for r in run.of(PassageEval) if r.round == round_}
+    size = (config.cpt.docs or len(passages)) if config.mode == "cpt" else config.passages_per_batch
+    groups = [passages[i : i + size] for i in range(0, len(passages), size)]
+    # A (group, condition) unit is redone whole if any of its passages is missing, so that a resumed
+    # run samples exactly what an uninterrupted one would; only the missing records are appended.
+    todo = [(g, c) for g in groups for c in conditions if any((p.id, c) not in done for p in g)]
+    if not todo:
+        return
+    teacher = None
+    if any(c == "teacher" for _, c in todo):
+        teacher = make_generator(load_model(dataclasses.replace(config.model, name=config.teacher)))
+    judge = build_judge(config.judge, config.model, run.path / CACHE_FILE) if config.judge.enabled else None
+    evaluator = KnowledgeEvaluator(config, fmt, model, teacher, judge)
+    total = len(passages) * len(conditions)
+    try:
+        with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="passage",
+                  disable=not show_progress) as bar:
+            for group, condition in todo:
+                bar.set_postfix_str(condition)
+                for record in evaluator.run(group, condition, round_):
+                    if (record.context_id, condition) not in done:
+                        run.append(record)
+                bar.update(len(group))
+    finally:
+        if judge:
+            judge.close()
+            log.info("judge %s: %d prompts sent, %d answers from the cache, %d unparsed (counted as no)",
+                     judge.name, judge.stats.calls, judge.stats.cache_hits, judge.stats.unparsed)
+
+
+def summary_rows(records: Sequence[PassageEval], config: KnowledgeConfig) -> dict[str, dict[str, Any]]:
+    """Per condition (and per SEAL round): accuracy under every grader with 95% intervals over questions."""
+    rounds = sorted({r.round for r in records} - {0})
+    rows = {}
+    keys = [(c, 0, c) for c in config.conditions] + [(f"round-{n}", n, "self-edit") for n in rounds]
+    for key, round_, condition in keys:
+        recs = [r for r in records if r.condition == condition and r.round == round_]
+        if not recs:
+            continue
+        questions = [q for r in recs for q in r.questions]
+        statuses = Counter(e["status"] for r in recs for e in r.self_edits)
+        label = condition_label(condition, config.teacher) if round_ == 0 else f"SEAL round {round_}"
+        rows[key] = condition_row(label, recs, len(questions),
+                                  {g: [q["scores"][g] for q in questions] for g in config.graders}, statuses)
+    return rows
+
+
+def judge_agreement(records: Sequence[PassageEval]) -> dict[str, Any]:
+    return agreement(q for r in records for q in r.questions)
+
+
+def condition_label(condition: str, teacher: str | None) -> str:
+    return {
+        "base": "base model",
+        "passage": "train on passage",
+        "self-edit": "passage + self-edit",
+        "teacher": f"passage + self-edit by {teacher}",
+    }[condition]

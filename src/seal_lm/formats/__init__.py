@@ -1,1 +1,0 @@
-"""Self-edit formats: how a model is asked for a self-edit, and how its answer becomes training data."""
