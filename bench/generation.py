@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from seal_lm.data import load_demo_corpus
-from seal_lm.formats.knowledge import get_format
+from seal_lm.domains.knowledge.data import load_demo_corpus
+from seal_lm.domains.knowledge.formats import get_format
 from seal_lm.generation import HFGenerator, SamplingParams, make_generator
 from seal_lm.models import ModelSettings, load_model
 

@@ -45,8 +45,8 @@ SELF_EDIT = [  # a fixed 5-item self-edit, so every method and every run trains 
 
 def build_jobs(k: int):
     """Job i: the passage plus a self-edit of 4 or 5 of the items, in a rotated order."""
-    from seal_lm.data import load_demo_corpus
-    from seal_lm.formats.knowledge import ParsedSelfEdit, training_sequences
+    from seal_lm.domains.knowledge.data import load_demo_corpus
+    from seal_lm.domains.knowledge.formats import ParsedSelfEdit, training_sequences
 
     passage = load_demo_corpus("validation")[JOB_PASSAGE]
     jobs = []
@@ -98,7 +98,7 @@ def run_method(method: str, dtype: str, args: dict, queue) -> None:
 
     from peft import get_peft_model
 
-    from seal_lm.domains.knowledge import answer_questions
+    from seal_lm.domains.knowledge.evaluation import answer_questions
     from seal_lm.generation import HFGenerator
     from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
     from seal_lm.models import ModelSettings, load_model

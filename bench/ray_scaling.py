@@ -27,8 +27,7 @@ import ray
 from seal_lm.executors import LocalExecutor, RayExecutor
 from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.recipes.knowledge_eval import EvalConfig
-from seal_lm.recipes.knowledge_train import KnowledgeDomain, TrainConfig
+from seal_lm.domains.knowledge import KnowledgeConfig, KnowledgeDomain
 from seal_lm.recipes.rest_em import _score_group
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="inner-loop epochs (default 3; the paper's 10 is slower)")
     args = parser.parse_args()
 
-    config = TrainConfig(eval=EvalConfig(inner_loop=InnerLoopSettings(epochs=args.epochs)), train_limit=args.jobs)
+    config = KnowledgeConfig(inner_loop=InnerLoopSettings(epochs=args.epochs), train_limit=args.jobs)
     domain = KnowledgeDomain(config)
     passages = list(domain.training_contexts())
     # A fixed self-edit per passage: its own sentences, one per line (the timing is the inner loops').

@@ -1,8 +1,8 @@
 """Benchmark: one ReST-EM round of the cpu-demo preset, before and after the fast inner loops.
 
-  before - the inner loops one by one (`--adapters-per-pass 1`), float32: how the round ran
+  before - the inner loops one by one (`--adapters_per_pass 1`), float32: how the round ran
            before multi-adapter training and bfloat16;
-  after  - the defaults: inner loops trained together, `--dtype auto` (bfloat16 where native).
+  after  - the defaults: inner loops trained together, `--model.dtype auto` (bfloat16 where native).
 
 Each variant runs `seal train` in its own fresh process (peak memory is its own) for one round
 on the same training passages with the same seed; the held-out evaluation is cut to one passage
@@ -31,16 +31,16 @@ PEAK_REPORTING_CLI = (
     "sys.exit(main(sys.argv[1:]))\n"
 )
 VARIANTS = {
-    "before": ["--adapters-per-pass", "1", "--dtype", "float32"],
+    "before": ["--adapters_per_pass", "1", "--model.dtype", "float32"],
     "after": [],
 }
 
 
 def run_variant(name: str, args: argparse.Namespace, root: Path) -> dict:
     out = root / name
-    command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--rounds", "1",
-               "--passages-per-round", str(args.passages), "--samples", str(args.samples), "--limit", "1",
-               "--conditions", "base", "--no-progress", "--out", str(out), *VARIANTS[name]]
+    command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--rest_em.rounds", "1",
+               "--rest_em.contexts_per_round", str(args.passages), "--rest_em.samples_per_context", str(args.samples),
+               "--limit", "1", "--conditions", "[base]", "--no-progress", "--out", str(out), *VARIANTS[name]]
     started = time.perf_counter()
     done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started

@@ -19,9 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
+from seal_lm.config import parse_values
+from seal_lm.domains.knowledge import KnowledgeConfig, KnowledgeDomain
 from seal_lm.models import load_model
-from seal_lm.recipes.knowledge_train import KnowledgeDomain, TrainConfig
-from seal_lm.runs import config_from_dict, read_config
+from seal_lm.runs import read_config
 
 
 def main() -> None:
@@ -32,16 +33,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=5, help="training passages to re-score (default 5)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
-    config = config_from_dict(TrainConfig, read_config(run_dir))
+    stored = {k: v for k, v in read_config(run_dir).items() if k not in ("command", "domain")}
+    config = parse_values(KnowledgeConfig, stored, str(run_dir / "config.json"))
     rollouts = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     rollouts = [r for r in rollouts if r.get("kind") == "rollout" and r["round"] == args.round][: args.limit]
     domain = KnowledgeDomain(config)
     passages = {p.id: p for p in domain.training_contexts()}
     # The round's inner loops adapted the policy that wrote these self-edits (round r-1's checkpoint).
-    model_name = str(run_dir / f"policy-round-{args.round - 1}") if args.round > 1 else config.eval.model.name
+    model_name = str(run_dir / f"policy-round-{args.round - 1}") if args.round > 1 else config.model.name
     if args.round > 1 and not Path(model_name).is_dir():
-        model_name = config.eval.model.name  # nothing was kept in that round: the policy did not change
-    model = load_model(dataclasses.replace(config.eval.model, name=model_name))
+        model_name = config.model.name  # nothing was kept in that round: the policy did not change
+    model = load_model(dataclasses.replace(config.model, name=model_name))
     started = time.perf_counter()
     fresh = domain.score(model, [passages[r["context_id"]] for r in rollouts], [r["completions"] for r in rollouts],
                          args.repeats, seed=987654)

@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from seal_lm.data import load_demo_corpus
+from seal_lm.domains.knowledge.data import load_demo_corpus
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 

@@ -77,7 +77,7 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert "passage + self-edit" in printed and "SmolLM2-135M-Instruct" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["conditions"]) == {"base", "passage", "self-edit"}
-    assert all(row["questions"] == 5 for row in summary["conditions"].values())
+    assert all(row["items"] == 5 for row in summary["conditions"].values())
 
 
 def test_bfloat16_training_agrees_with_float32_within_seed_noise(test_device):

@@ -23,6 +23,7 @@ from seal_lm.config import (
     checked,
     config_parser,
     flatten,
+    parse_command_line,
     parse_values,
     preset_names,
     preset_source,
@@ -132,7 +133,7 @@ def _run_recipe(command: str, args: list[str]) -> int:
     parser = config_parser(cls, f"seal {command}", COMMANDS[command][0], preset_source(name, "paper")[0], usage)
     parser.set_defaults(flatten(as_dict(base)))
     _add_run_options(parser, command, name, sorted(DOMAINS))
-    namespace = parser.parse_args(args)
+    namespace = parse_command_line(parser, cls, args)
     config = checked(cls, namespace, "command line")
     if known.resume and config != base:
         changed = sorted(k for k, v in flatten(as_dict(config)).items() if flatten(as_dict(base)).get(k) != v)
@@ -209,7 +210,7 @@ def _serve(args: list[str]) -> int:
 
     parser = config_parser(ServeConfig, "seal serve", ServeConfig.__doc__, usage="seal serve [--KEY VALUE ...]")
     parser.set_defaults({"api_key": os.environ.get("SEAL_API_KEY")})
-    config = checked(ServeConfig, parser.parse_args(args), "command line")
+    config = checked(ServeConfig, parse_command_line(parser, ServeConfig, args), "command line")
     try:
         from seal_lm.serve import serve
     except ImportError as exc:

@@ -167,6 +167,16 @@ def parse_values(cls: type[T], values: dict[str, Any], source: str, defaults: T 
     return checked(cls, namespace, source)
 
 
+def parse_command_line(parser: ArgumentParser, cls: type, args: list[str]) -> Namespace:
+    """`args` parsed by `parser` (built by `config_parser`); a bad value is one line naming the option."""
+    try:
+        return parser.parse_args(args)
+    except SystemExit:
+        raise
+    except Exception as exc:  # jsonargparse raises argparse.ArgumentError, multi-line
+        raise SealError(f"command line: {describe_parse_error(exc, cls, {})}") from None
+
+
 def checked(cls: type[T], namespace: Namespace, source: str) -> T:
     config = from_dict(cls, namespace.as_dict())
     try:
@@ -207,7 +217,7 @@ def _type_name(hint: Any) -> str:
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin is tuple or origin is list:
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        return "a list in brackets, e.g. [a,b]"
     if args:
         return " or ".join(_type_name(a) for a in args)
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false",

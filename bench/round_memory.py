@@ -1,0 +1,111 @@
+"""Benchmark: peak memory of a ReST-EM round, as a multiple of the model's weight bytes.
+
+1. The whole round: `seal train --preset cpu-demo` for one round (sampling, rewards, policy update,
+   evaluation of the new policy) in a fresh process; its peak resident memory.
+2. The policy update side by side, each variant in its own fresh process after the same LoRA SFT
+   on the same examples:
+   - reference: how a round updated its policy before one policy stayed in memory: merge the update
+     into a float32 copy of the policy loaded from its checkpoint, save that copy, then load the new
+     checkpoint for the loss after the update and again for the next round, the old policy still held;
+   - seal-lm: `save_merged`, the update merged into the checkpoint tensor by tensor and into the
+     policy's weights in place.
+   A third process that stops after the SFT gives the memory both variants start from.
+
+    python bench/round_memory.py [--model embedded] [--passages 2] [--samples 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Runs in a child process: load, train the policy update, merge one way, print the peak resident memory.
+POLICY_UPDATE = r'''
+import dataclasses, json, resource, sys
+from pathlib import Path
+from seal_lm.adapters import merge_adapter, save_merged
+from seal_lm.domains.knowledge.data import load_demo_corpus
+from seal_lm.domains.knowledge.formats import get_format
+from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.models import ModelSettings, load_model
+
+variant, model_name, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+settings = ModelSettings(name=model_name)
+policy = load_model(settings)
+weight_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
+fmt = get_format("implications")
+examples = [Example(fmt.prompt(p), p.context) for p in load_demo_corpus("train")[:4]]
+update = InnerLoopSettings(rank=64, alpha=128, learning_rate=3e-4, epochs=1, batch_size=4)
+adapter = LoraUpdater(policy, update).train([TrainJob(examples, update)])[0].adapter
+before_merge = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if variant == "reference":
+    copy = load_model(dataclasses.replace(settings, name=policy.source, dtype="float32", device="cpu"))
+    merge_adapter(copy.model, adapter)
+    copy.model.save_pretrained(out)
+    copy.tokenizer.save_pretrained(out)
+    updated = load_model(dataclasses.replace(settings, name=str(out)))  # the loss after the update
+    LoraUpdater(updated, update).mean_loss(examples)
+    del copy, updated
+    following = load_model(dataclasses.replace(settings, name=str(out)))  # the next round's policy
+elif variant == "seal-lm":
+    save_merged(policy, adapter, out)
+    LoraUpdater(policy, update).mean_loss(examples)
+print(json.dumps({"variant": variant, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "before_merge_kib": before_merge, "weight_bytes": weight_bytes,
+                  "dtype": str(policy.model.dtype)}))
+'''
+
+PEAK_REPORTING_CLI = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "from seal_lm.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def policy_update(variant: str, model: str, root: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", POLICY_UPDATE, variant, model, str(root / variant)], check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def whole_round(args: argparse.Namespace, root: Path) -> tuple[float, float]:
+    command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--model.name", args.model,
+               "--rest_em.rounds", "1", "--rest_em.contexts_per_round", str(args.passages),
+               "--rest_em.samples_per_context", str(args.samples), "--limit", "1", "--no-progress",
+               "--out", str(root / "round")]
+    started = time.perf_counter()
+    done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return int(done.stderr.rsplit("PEAK_KIB ", 1)[1].split()[0]) / 1024, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="any model.name value (default: embedded)")
+    parser.add_argument("--passages", type=int, default=2, help="training passages in the round (default 2)")
+    parser.add_argument("--samples", type=int, default=2, help="self-edits per passage (default 2)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = [policy_update(v, args.model, root) for v in ("sft-only", "reference", "seal-lm")]
+        round_mib, round_s = whole_round(args, root)
+    weight_mib = rows[0]["weight_bytes"] / 2**20
+    print(f"model {args.model}: weights {weight_mib:.0f} MiB in {rows[0]['dtype']}\n")
+    print(f"{'policy update':<14}{'peak MiB':>10}{'x weights':>11}{'merge adds MiB':>16}")
+    for row in rows:
+        peak = row["peak_kib"] / 1024
+        added = peak - row["before_merge_kib"] / 1024
+        print(f"{row['variant']:<14}{peak:>10.0f}{peak / weight_mib:>11.1f}{added:>16.0f}")
+    reference, ours = rows[1]["peak_kib"], rows[2]["peak_kib"]
+    print(f"\nreference / seal-lm peak: {reference / ours:.2f}x")
+    print(f"whole cpu-demo round ({args.passages} passages x {args.samples} self-edits, 1 held-out passage): "
+          f"peak {round_mib:.0f} MiB = {round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
