@@ -252,3 +252,65 @@ def test_paper_defaults():
 def test_empty_job_is_rejected(tiny):
     with pytest.raises(ValueError, match="non-empty"):
         LoraUpdater(tiny, FAST).train([TrainJob([])])
+
+
+# ---- SEAL's inner loop (the paper preset): padded labels, clipping, warm-up, PEFT's default targets
+
+def test_padded_labels_give_the_hugging_face_trainers_loss(tiny):
+    """SEAL pads every sequence with EOS to max_length, copies the ids as labels and the Trainer divides the
+    summed loss by the number of labels (max_length per sequence): the first step's loss (B = 0) is that."""
+    settings = replace(FAST, labels="padded", max_length=48, epochs=1)
+    result, = LoraUpdater(tiny, settings).train([TrainJob(SEQUENCES[:1], settings)])
+    tokenizer = tiny.tokenizer
+    ids = tokenizer(SEQUENCES[0])["input_ids"]
+    padded = torch.tensor([ids + [tokenizer.eos_token_id] * (48 - len(ids))], device=tiny.device)
+    mask = torch.tensor([[1] * len(ids) + [0] * (48 - len(ids))], device=tiny.device)
+    with torch.no_grad():
+        hf = tiny.model(input_ids=padded, attention_mask=mask, labels=padded).loss.item()  # mean over 47 positions
+    assert result.epoch_losses[0] == pytest.approx(hf * 47 / 48, rel=1e-4)
+    content, = LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES[:1], replace(FAST, epochs=1))])
+    assert content.epoch_losses[0] != pytest.approx(result.epoch_losses[0], rel=1e-2)
+
+
+def test_padded_jobs_trained_together_match_each_trained_alone(tiny):
+    settings = replace(FAST, labels="padded", max_length=40, batch_size=2)
+    jobs = [TrainJob(SEQUENCES, settings), TrainJob(SEQUENCES[1:], replace(settings, seed=4, learning_rate=3e-3))]
+    updater = LoraUpdater(tiny, settings)
+    for job, joint in zip(jobs, updater.train(jobs)):
+        alone, = updater.train([job])
+        assert joint.epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-5)
+
+
+def test_gradient_clipping_bounds_each_adapters_update(tiny):
+    """With a tiny max norm, one SGD-like AdamW step moves no weight further than without clipping, and the
+    clipped adapter ends elsewhere than the unclipped one trained beside it."""
+    free = replace(FAST, epochs=1, learning_rate=1e-2)
+    clipped = replace(free, max_grad_norm=1e-4)
+    a, b = LoraUpdater(tiny, free).train([TrainJob(SEQUENCES[:1], free), TrainJob(SEQUENCES[:1], clipped)])
+    alone, = LoraUpdater(tiny, free).train([TrainJob(SEQUENCES[:1], clipped)])
+    assert any(not torch.allclose(a.adapter.weights[k][1], b.adapter.weights[k][1]) for k in a.adapter.weights)
+    for k in b.adapter.weights:  # clipping is per adapter: the neighbour's gradient does not change it
+        assert torch.allclose(b.adapter.weights[k][1], alone.adapter.weights[k][1], atol=1e-6)
+
+
+def test_warmup_then_decay_matches_the_hugging_face_schedulers():
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    for schedule, make in (("cosine", get_cosine_schedule_with_warmup), ("linear", get_linear_schedule_with_warmup)):
+        settings = InnerLoopSettings(learning_rate=2e-3, schedule=schedule, warmup_steps=11)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+        scheduler = make(optimizer, 11, 40)
+        for step in range(40):
+            assert settings.lr_at(step, 40) == pytest.approx(scheduler.get_last_lr()[0], abs=1e-12), (schedule, step)
+            optimizer.step()
+            scheduler.step()
+
+
+def test_peft_default_targets_are_peft_own_and_unknown_names_list_the_choices(tiny):
+    from seal_lm.errors import SealError
+
+    result, = LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES[:1], replace(FAST, target_modules="peft-default",
+                                                                             epochs=1))])
+    assert sorted({name.rsplit(".", 1)[-1] for name in result.adapter.weights}) == ["q_proj", "v_proj"]
+    with pytest.raises(SealError, match=r"target_modules: qq_proj not in this model \(choose from: down_proj"):
+        LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES[:1], replace(FAST, target_modules=("qq_proj",)))])

@@ -34,15 +34,22 @@ class Prompt:
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs
     text: str
     response_prefix: str = ""  # the first words of the answer, written for the model
+    raw: bool = False  # always `text`, with the tokenizer's special tokens, even for a chat model (SEAL's prompts)
 
     @classmethod
     def single_turn(cls, user: str, base_text: str | None = None) -> Prompt:
         return cls(messages=(("user", user),), text=base_text if base_text is not None else user)
 
+    @classmethod
+    def raw_text(cls, text: str) -> Prompt:
+        """A prompt given as exact text, never wrapped in a chat template."""
+        return cls(messages=(("user", text),), text=text, raw=True)
+
 
 def render_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> str:
-    """The text a model sees for `prompt`: its chat template if it has one (or `chat` says so), else plain text."""
-    if not (loaded.has_chat_template if chat is None else chat):
+    """The text a model sees for `prompt`: its chat template if it has one (or `chat` says so) and the prompt
+    is not raw, else plain text."""
+    if prompt.raw or not (loaded.has_chat_template if chat is None else chat):
         return prompt.text + prompt.response_prefix
     messages = [{"role": role, "content": content} for role, content in prompt.messages]
     rendered = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -51,7 +58,7 @@ def render_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None)
 
 def encode_prompt(loaded: LoadedModel, prompt: Prompt, chat: bool | None = None) -> list[int]:
     """Token ids of the rendered prompt; shared by generation and by training on prompt -> completion pairs."""
-    chat = loaded.has_chat_template if chat is None else chat
+    chat = (loaded.has_chat_template if chat is None else chat) and not prompt.raw
     # Chat templates already contain the special tokens; base prompts get the tokenizer's defaults.
     return loaded.tokenizer(render_prompt(loaded, prompt, chat), add_special_tokens=not chat)["input_ids"]
 

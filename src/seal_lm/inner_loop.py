@@ -29,6 +29,7 @@ from seal_lm.multi_lora import STRIDED_GRADIENTS_WARNING, MultiLora, TokenRoutin
 from seal_lm.packed_attention import per_sequence_attention, sequence_bounds
 
 SCHEDULES = ("linear", "cosine")
+LABELS = ("content", "padded")
 
 
 @dataclass
@@ -42,7 +43,8 @@ class InnerLoopSettings:
     dropout: float = 0.0
     """LoRA dropout"""
     target_modules: str | tuple[str, ...] = "all-linear"
-    """modules to adapt: a list of names (e.g. [q_proj,v_proj]), or all-linear (every linear layer but the head)"""
+    """modules to adapt: a list of names (e.g. [q_proj,v_proj]), all-linear (every linear layer but the head), or
+    peft-default (what PEFT adapts when none are named: q_proj and v_proj for Llama and Qwen2)"""
     learning_rate: float = 1e-3
     """peak learning rate of AdamW"""
     epochs: int = 10
@@ -50,9 +52,17 @@ class InnerLoopSettings:
     batch_size: int = 1
     """sequences per optimizer step"""
     max_length: int = 2048
-    """longer sequences are truncated; shorter ones are never padded to it"""
+    """longer sequences are truncated (labels padded: every sequence is padded to it)"""
     schedule: str = "linear"
-    """learning-rate decay to zero without warm-up: linear (the Hugging Face Trainer's) or cosine"""
+    """learning-rate decay to zero after the warm-up: linear (the Hugging Face Trainer's) or cosine"""
+    warmup_steps: int = 0
+    """optimizer steps of linear warm-up from 0 to the learning rate"""
+    max_grad_norm: float | None = None
+    """clip each adapter's gradient to this norm (the Hugging Face Trainer's default is 1.0); null: no clipping"""
+    labels: str = "content"
+    """content: the loss covers a sequence's own tokens (and the EOS appended to it), never padding; padded: as
+    SEAL's inner loop, every sequence is padded with EOS to max_length and the mean loss runs over every position,
+    padding included (the content's share of the gradient is its share of max_length)"""
     seed: int = 0
     """seed of the adapter's initialisation and batch order (runs derive one per job from it)"""
 
@@ -64,16 +74,26 @@ class InnerLoopSettings:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{key}.dropout", f"must be in [0, 1) (got {self.dropout})")
         one_of(f"{key}.schedule", self.schedule, SCHEDULES)
+        one_of(f"{key}.labels", self.labels, LABELS)
+        at_least(f"{key}.warmup_steps", self.warmup_steps, 0)
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"{key}.max_grad_norm", f"must be positive or null (got {self.max_grad_norm})")
+        if isinstance(self.target_modules, str) and self.target_modules not in ("all-linear", "peft-default"):
+            raise ConfigError(f"{key}.target_modules", f"unknown value {self.target_modules!r} (choose a list of "
+                                                       "module names, all-linear or peft-default)")
 
     def lr_at(self, step: int, total: int) -> float:
-        progress = step / total
+        """The Hugging Face schedulers' learning rate at `step` of `total`: linear warm-up, then decay to 0."""
+        if step < self.warmup_steps:
+            return self.learning_rate * step / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
         if self.schedule == "cosine":
             return self.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
-        return self.learning_rate * (1 - progress)
+        return self.learning_rate * max(0.0, 1 - progress)
 
     def shape_key(self) -> tuple:
         """Jobs with equal keys can be trained together in one multi-adapter pass."""
-        return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length)
+        return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length, self.labels)
 
 
 @dataclass(frozen=True)
@@ -134,9 +154,10 @@ class LoraUpdater:
                     results[i] = result
         return results  # type: ignore[return-value]
 
-    def tokenize(self, sequences: Sequence[Sequence_], max_length: int) -> list[Tokens]:
-        """Token ids of each sequence, ending with EOS so the model also learns where a fact (or a
-        completion) ends; for an `Example`, also where its completion starts."""
+    def tokenize(self, sequences: Sequence[Sequence_], max_length: int, append_eos: bool = True) -> list[Tokens]:
+        """Token ids of each sequence, ending with EOS (unless not `append_eos`: with padded labels the
+        padding's EOS follows instead) so the model also learns where a fact (or a completion) ends; for an
+        `Example`, also where its completion starts."""
         tokenizer = self.loaded.tokenizer
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         out = []
@@ -146,7 +167,8 @@ class LoraUpdater:
                 ids = prompt + tokenizer(item.completion, add_special_tokens=False)["input_ids"] + eos
                 out.append(Tokens(ids[:max_length], 0 if item.train_on_prompt else len(prompt)))
             else:
-                out.append(Tokens((tokenizer(item, add_special_tokens=True)["input_ids"] + eos)[:max_length]))
+                ids = tokenizer(item, add_special_tokens=True)["input_ids"] + (eos if append_eos else [])
+                out.append(Tokens(ids[:max_length]))
         return [t for t in out if t.n_predicted > 0]
 
     def mean_loss(self, sequences: Sequence[Sequence_], max_length: int = 2048) -> float:
@@ -173,7 +195,7 @@ class LoraUpdater:
         shape = settings[0]
         examples = []
         for job, s in zip(jobs, settings):
-            ids = self.tokenize(job.sequences, s.max_length)
+            ids = self.tokenize(job.sequences, s.max_length, append_eos=s.labels == "content")
             if not ids:
                 raise ValueError("an inner-loop job needs at least one non-empty sequence")
             examples.append(ids)
@@ -195,8 +217,10 @@ class LoraUpdater:
                 for step in range(n_steps):
                     active = [k for k, schedule in enumerate(schedules) if step < len(schedule)]
                     batch = [(k, seq) for k in active for seq in schedules[k][step]]
-                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs), per_sequence).items():
+                    padded = shape.max_length if shape.labels == "padded" else None
+                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs), per_sequence, padded).items():
                         step_losses[k].append(loss)
+                    _clip_per_adapter(lora.gradients, [settings[k].max_grad_norm for k in range(len(jobs))], active)
                     # An adapter whose schedule has ended shows the optimizer no gradient, so its weights and
                     # state stay as they are. Each job's learning rate follows its own schedule.
                     for k, (row, gradient) in enumerate(zip(rows, lora.gradients)):
@@ -220,20 +244,31 @@ class LoraUpdater:
         return results
 
     def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int,
-                              per_sequence: bool) -> dict[int, float]:
-        """Forward and backward over one step's sequences; each adapter's loss is its own token mean."""
+                              per_sequence: bool, padded_to: int | None = None) -> dict[int, float]:
+        """Forward and backward over one step's sequences; each adapter's loss is its own token mean (with
+        `padded_to`, the mean over every position of its sequences, padding included)."""
         device = self.loaded.device
         model = self.loaded.model
-        # Packed on the host, where the routing reads the owners without waiting on the device.
-        packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
+        if padded_to is None:
+            # Packed on the host, where the routing reads the owners without waiting on the device.
+            packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
+            # Sequence boundaries are read on the host as well, before the batch moves to the device.
+            extra = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}
+        else:
+            packed, attention = pad_sequences(batch, padded_to, self.loaded.tokenizer.eos_token_id)
+            extra = {"attention_mask": attention.to(device)}
         lora.route(TokenRouting.from_owners(packed.owners, device))
-        # Sequence boundaries are read on the host as well, before the batch moves to the device.
-        bounds = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}
         packed = packed.to(device)
-        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **bounds}
+        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **extra}
         owners, labels = packed.owners.flatten(), packed.labels.flatten()
         slots = owners.clamp(min=0)  # row padding has no label, so its slot never counts
-        predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (labels != -100).float())
+        if padded_to is None:
+            predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (labels != -100).float())
+        else:  # the Hugging Face Trainer's count: every label before the shift, i.e. all but the prompt's
+            counts = [0.0] * n_adapters
+            for k, seq in batch:
+                counts[k] += padded_to - seq.n_prompt
+            predicted = torch.tensor(counts, device=device)
         token_weights = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
         head = plain_output_head(model)
         if head is not None:  # the loss from the last hidden states, without [tokens, vocab] logits
@@ -305,6 +340,33 @@ def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad
         columns["labels"].append([t for _, seq in row for t in seq.labels()] + [-100] * fill)
         columns["owners"].append([k for k, seq in row for _ in seq.ids] + [-1] * fill)
     return PackedBatch(**{name: torch.tensor(value) for name, value in columns.items()})  # on the host: `.to(device)`
+
+
+def pad_sequences(sequences: list[tuple[int, Tokens]], length: int, pad_id: int) -> tuple[PackedBatch, torch.Tensor]:
+    """One row per sequence, padded with `pad_id` to `length` as SEAL's inner loop pads (tokenizer padding to
+    `max_length`, pad = EOS, labels a copy of the input ids): padding is never attended to, but every position
+    but the last predicts the next token, padding's EOS included. Also the attention mask."""
+    rows = sorted(sequences, key=lambda kv: kv[0])
+    ids = [seq.ids + [pad_id] * (length - len(seq.ids)) for _, seq in rows]
+    start = [max(seq.n_prompt, 1) for _, seq in rows]
+    labels = [[t if i + 1 >= s else -100 for i, t in enumerate(row[1:])] + [-100] for row, s in zip(ids, start)]
+    batch = PackedBatch(torch.tensor(ids), torch.arange(length).repeat(len(rows), 1), torch.tensor(labels),
+                        torch.tensor([[k] * length for k, _ in rows]))
+    attention = torch.tensor([[1] * len(seq.ids) + [0] * (length - len(seq.ids)) for _, seq in rows])
+    return batch, attention
+
+
+def _clip_per_adapter(gradients: torch.Tensor, max_norms: list[float | None], active: list[int]) -> None:
+    """Clip each active adapter's whole gradient (its row) to its max norm, as `clip_grad_norm_` clips a
+    model's: scale by max_norm / (norm + 1e-6) when that is below 1."""
+    clipped = [k for k in active if max_norms[k] is not None]
+    if not clipped:
+        return
+    index = torch.tensor(clipped, device=gradients.device)
+    norms = gradients.index_select(0, index).norm(dim=1)
+    limits = torch.tensor([max_norms[k] for k in clipped], device=gradients.device)
+    scale = (limits / (norms + 1e-6)).clamp(max=1.0)
+    gradients.index_copy_(0, index, gradients.index_select(0, index) * scale[:, None])
 
 
 def _fused_supported(model: torch.nn.Module) -> bool:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seal_lm.errors import SealError
+
 
 @dataclass
 class RowRouting:
@@ -136,17 +138,30 @@ def lora_views(rows: torch.Tensor, rank: int, base: nn.Linear) -> tuple[torch.Te
 
 
 def target_linears(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
-    """The linear layers to adapt: "all-linear" means every one except the output head."""
+    """The linear layers to adapt: "all-linear" means every one except the output head; "peft-default" the
+    modules PEFT adapts when a LoraConfig names none (q_proj and v_proj for Llama and Qwen2)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or module is output:
-            continue
-        if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets:
-            found.append((name, module))
-    if not found:
-        raise ValueError(f"no linear layer matches target modules {targets!r}")
+    if targets == "peft-default":
+        targets = peft_default_targets(model)
+    linears = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and module is not output]
+    found = [(name, m) for name, m in linears if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets]
+    unknown = [] if targets == "all-linear" else sorted(set(targets) - {n.rsplit(".", 1)[-1] for n, _ in found})
+    if unknown or not found:
+        choices = sorted({n.rsplit(".", 1)[-1] for n, _ in linears})
+        raise SealError(f"target_modules: {', '.join(unknown) or targets} not in this model (choose from: "
+                        f"{', '.join(choices)}, all-linear, peft-default)")
     return found
+
+
+def peft_default_targets(model: nn.Module) -> list[str]:
+    """PEFT's own default LoRA targets for the model's architecture."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        raise SealError(f"target_modules: PEFT has no default targets for model type {model_type!r}; name them")
+    return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
 
 
 STRIDED_GRADIENTS_WARNING = "grad and param do not obey the gradient layout contract"
