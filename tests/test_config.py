@@ -33,7 +33,7 @@ def test_a_preset_only_changes_what_it_names():
     ("inner_loop:\n  rnk: 8\n", "unknown key inner_loop.rnk"),
     ("limit: x\n", "limit: expected an integer or null, got 'x'"),
     ("inner_loop:\n  epochs: 0\n", "inner_loop.epochs: must be at least 1 (got 0)"),
-    ("rest_em:\n  keep: worst\n", "rest_em.keep: unknown value 'worst' (choose one of: best, positive, top-k)"),
+    ("rest_em:\n  keep: worst\n", "rest_em.keep: unknown value 'worst' (choose one of: best, best-over-baseline, positive, top-k)"),
     ("format: poem\n", "format: unknown value 'poem'"),
     ("[1, 2]\n", "expected a mapping of settings"),
     ("limit: [\n", "not valid YAML or JSON"),
@@ -50,7 +50,7 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_the_key(tmp_path, cap
 @pytest.mark.parametrize("args, message", [
     (["--inner_loop.epochs", "0"], "command line: inner_loop.epochs: must be at least 1"),
     (["--inner_loop.rank", "abc"], "inner_loop.rank: expected an integer, got 'abc'"),
-    (["--preset", "fast"], "unknown preset 'fast' for the knowledge domain (choose one of: cpu-demo, demo, paper)"),
+    (["--preset", "fast"], "unknown preset 'fast' for the knowledge domain (choose one of: cpu-demo, cpu-paper, demo, paper)"),
     (["--domain", "poetry"], "unknown domain 'poetry'"),
     (["--preset", "paper", "--config", "x.yaml"], "choose one of --preset, --config and --resume"),
 ])

@@ -12,7 +12,7 @@ from seal_lm.adapters import combine_adapters, load_adapter, merge_adapter
 from seal_lm.cli import main
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.recipes.continual import ModelState, passage_order
+from seal_lm.recipes.continual import ModelState, sequence_indices
 
 FAST = ["--continual.passages", "3", "--continual.orders", "2", "--inner_loop.epochs", "1", "--inner_loop.rank", "4",
         "--inner_loop.alpha", "8", "--self_edit_sampling.max_new_tokens", "16", "--no-progress"]
@@ -31,10 +31,15 @@ def _lines(path):
 
 
 def test_orders_are_seeded_permutations_and_the_first_is_the_given_order():
-    assert passage_order(5, seed=0, order=0) == [0, 1, 2, 3, 4]
-    shuffled = passage_order(8, seed=0, order=1)
-    assert sorted(shuffled) == list(range(8)) and shuffled == passage_order(8, seed=0, order=1)
-    assert shuffled != passage_order(8, seed=0, order=2)
+    assert sequence_indices(9, 5, "reorder", seed=0, order=0) == [0, 1, 2, 3, 4]
+    shuffled = sequence_indices(9, 8, "reorder", seed=0, order=1)
+    assert sorted(shuffled) == list(range(8)) and shuffled == sequence_indices(9, 8, "reorder", seed=0, order=1)
+    assert shuffled != sequence_indices(9, 8, "reorder", seed=0, order=2)
+    # SEAL's draw: every sequence its own passages, from the whole pool, seeded
+    drawn = [sequence_indices(30, 8, "sample", seed=0, order=o) for o in range(3)]
+    assert all(len(set(d)) == 8 and max(d) < 30 for d in drawn) and len({tuple(d) for d in drawn}) == 3
+    assert set().union(*map(set, drawn)) - set(range(8))  # beyond the first 8
+    assert drawn[1] == sequence_indices(30, 8, "sample", seed=0, order=1)
 
 
 def test_stacked_updates_are_their_exact_sum_and_the_state_is_rebuilt_from_the_original(tiny_model_dir, test_device):

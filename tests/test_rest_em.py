@@ -23,12 +23,14 @@ from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, recor
 from seal_lm.runs import RunDir
 
 
-def test_keep_rules_only_ever_keep_self_edits_that_beat_the_baseline():
+def test_keep_rules():
     rewards = [0.2, 0.6, 0.4, 0.6, 0.1]
-    assert kept_indices(rewards, 0.3, "best") == [1]  # ties go to the first
+    assert kept_indices(rewards, 0.3, "best-over-baseline") == [1]  # ties go to the first
     assert kept_indices(rewards, 0.3, "positive") == [1, 2, 3]
     assert kept_indices(rewards, 0.3, "top-k", k=2) == [1, 3]
-    assert kept_indices(rewards, 0.6, "best") == [] and kept_indices(rewards, 0.6, "positive") == []
+    assert kept_indices(rewards, 0.6, "best-over-baseline") == [] and kept_indices(rewards, 0.6, "positive") == []
+    # SEAL's rule (src/EM/build_SFT_dataset.py): the best whatever its value, the first of those tied
+    assert kept_indices(rewards, 0.9, "best") == [1] and kept_indices([0.0, 0.0], 0.5, "best") == [0]
 
 
 def test_each_round_takes_the_next_contexts_and_wraps_around():

@@ -21,7 +21,8 @@ from seal_lm.records import EvalRecord, Record
 from seal_lm.runs import RunDir
 from seal_lm.stats import mean_with_interval
 
-KEEP_RULES = ("best", "positive", "top-k")
+KEEP_RULES = ("best", "best-over-baseline", "positive", "top-k")
+DRAWS = ("reorder", "sample")
 ACCUMULATE = ("merge", "stack")
 GUARD_MODES = ("off", "on", "both")
 GUARD_ACTIONS = ("reject", "retry")
@@ -89,8 +90,9 @@ class RestEmSettings:
     """K: self-edits sampled per training context"""
     reward_repeats: int = 3
     """inner loops averaged per reward, each with its own seed"""
-    keep: str = "best"
-    """which self-edits train the policy: best (the best one per context, if it beats the baseline), positive
+    keep: str = "best-over-baseline"
+    """which self-edits train the policy: best (the one with the highest reward per context, whatever its value,
+    the first of those tied: SEAL's rule), best-over-baseline (that one only if it beats the baseline), positive
     (all that beat it) or top-k (the keep_k best that beat it)"""
     keep_k: int = 2
     """k of keep top-k"""
@@ -141,7 +143,10 @@ class ContinualSettings:
     passages: int = 8
     """N, the contexts learned in turn (paper: 8)"""
     orders: int = 3
-    """random orders to average over; the first is the data's own order"""
+    """sequences of N updates to average over"""
+    draw: str = "reorder"
+    """reorder: every sequence learns the data's first N contexts, the first in the data's order, the others in
+    seeded shuffles; sample: every sequence draws its own N contexts from all of the data (as SEAL's code does)"""
     accumulate: str = "merge"
     """merge: each update is merged into the weights in turn; stack: updates stay separate adapters whose exact
     sum is applied"""
@@ -153,6 +158,7 @@ class ContinualSettings:
     def validate(self, key: str = "continual") -> None:
         one_of(f"{key}.accumulate", self.accumulate, ACCUMULATE)
         one_of(f"{key}.guard", self.guard, GUARD_MODES)
+        one_of(f"{key}.draw", self.draw, DRAWS)
         at_least(f"{key}.orders", self.orders, 1)
         at_least(f"{key}.passages", self.passages, 2)
         self.guard_settings.validate(f"{key}.guard_settings")

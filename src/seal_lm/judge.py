@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from seal_lm.config import ConfigError, at_least
+from seal_lm.config import ConfigError, at_least, one_of
 from seal_lm.errors import SealError
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS
@@ -37,6 +37,17 @@ INSTRUCTION = (
     "extra details, wording and style do not matter. Reply with yes or no only."
 )
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_YES, _NO = re.compile(r"\b(yes)\b", re.IGNORECASE), re.compile(r"\b(no)\b", re.IGNORECASE)
+TEMPLATES = ("seal", "reference")
+# SEAL's judge prompt, verbatim (knowledge-incorporation/src/utils.py, SQUAD_GRADE_TEMPLATE), sent to GPT-4.1.
+REFERENCE_TEMPLATE = (
+    "You are a grading assistant. Your job is to determine whether a student's answer correctly answers the question "
+    "based solely on the provided gold answer. Do not use any outside knowledge. The student answer can include "
+    "additional information, but it must at least fully convey the gold answer and must not contradict it. Ignore "
+    "style, phrasing, or extra details that do not affect correctness. Respond ONLY with 'yes' or 'no'.\n\n"
+    "Question: {question}\nGold answer: {gold}\nStudent answer: {pred}\nIs the student answer correct based solely "
+    "on the gold answer? Respond 'yes' or 'no'."
+)
 
 
 @dataclass
@@ -56,6 +67,10 @@ class JudgeSettings:
     """length of a verdict"""
     retries: int = 2
     """re-asks, sampled, when a verdict is neither yes nor no; then it counts as no"""
+    template: str = "seal"
+    """seal: seal-lm's prompt, any gold answer counts, the first yes or no decides, unclear verdicts re-asked;
+    reference: SEAL's prompt with the first gold answer, yes only if the reply says yes and not no, an empty
+    answer wrong without asking"""
 
     @property
     def enabled(self) -> bool:
@@ -70,15 +85,19 @@ class JudgeSettings:
         if self.url is not None and not self.endpoint_model:
             raise ConfigError(f"{key}.endpoint_model", "judge.url needs the name of the model it serves")
         at_least(f"{key}.retries", self.retries, 0)
+        one_of(f"{key}.template", self.template, TEMPLATES)
         at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1)
 
     @property
     def name(self) -> str:
-        """What identifies the judge in its cache: a verdict of another judge is not reused."""
-        return self.model or f"{self.endpoint_model}@{self.url}"
+        """What identifies the judge in its cache: a verdict of another judge or prompt is not reused."""
+        name = self.model or f"{self.endpoint_model}@{self.url}"
+        return name if self.template == "seal" else f"{name} ({self.template} prompt)"
 
 
-def judge_prompt(question: str, answers: Sequence[str], prediction: str) -> Prompt:
+def judge_prompt(question: str, answers: Sequence[str], prediction: str, template: str = "seal") -> Prompt:
+    if template == "reference":
+        return Prompt.single_turn(REFERENCE_TEMPLATE.format(question=question, gold=answers[0], pred=prediction.strip()))
     gold = (f"Gold answer: {answers[0]}" if len(answers) == 1 else
             "Gold answers (matching any one is enough): " + " | ".join(answers))
     text = (f"{INSTRUCTION}\n\nQuestion: {question}\n{gold}\nStudent answer: {prediction}\n"
@@ -86,8 +105,11 @@ def judge_prompt(question: str, answers: Sequence[str], prediction: str) -> Prom
     return Prompt(messages=(("user", text),), text=f"{text}\nAnswer:")
 
 
-def parse_verdict(text: str) -> float | None:
-    """1.0 for yes, 0.0 for no, from the first of the two words in `text`; None if neither occurs."""
+def parse_verdict(text: str, template: str = "seal") -> float | None:
+    """1.0 for yes, 0.0 for no, from the first of the two words in `text`; None if neither occurs. SEAL's rule
+    (src/utils.py) with `template` "reference": yes only if "yes" occurs and "no" does not, never None."""
+    if template == "reference":
+        return float(bool(_YES.search(text)) and not _NO.search(text))
     match = _VERDICT.search(text)
     return None if match is None else float(match.group(1).lower() == "yes")
 
@@ -103,9 +125,10 @@ class LLMJudge:
     """Grades (question, gold answers, prediction) items with one batched generate call per attempt."""
 
     def __init__(self, generator: Generator, name: str, cache_path: Path | None = None, max_new_tokens: int = 16,
-                 retries: int = 2):
+                 retries: int = 2, template: str = "seal"):
         self.generator = generator
         self.name = name
+        self.template = template
         self.cache_path = cache_path
         self.params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
         self.retries = retries
@@ -123,17 +146,21 @@ class LLMJudge:
         keys = [self.key(*item) for item in items]
         self.stats.cache_hits += sum(k in self._cache for k in keys)
         todo = {k: item for k, item in zip(keys, items) if k not in self._cache}
+        if self.template == "reference":  # SEAL counts an empty answer wrong without asking
+            self._remember([{"key": k, "verdict": 0.0, "parsed": True, "text": ""}
+                            for k, (_, _, prediction) in list(todo.items()) if not prediction.strip()])
+            todo = {k: item for k, item in todo.items() if k not in self._cache}
         attempt = 0
         while todo:
             # First greedy; a re-ask of a greedy judge would say the same thing again, so re-asks sample.
             params = self.params if attempt == 0 else replace(self.params, temperature=1.0, seed=attempt)
-            prompts = [judge_prompt(*item) for item in todo.values()]
+            prompts = [judge_prompt(*item, self.template) for item in todo.values()]
             completions = self.generator.generate(prompts, params)
             self.stats.calls += len(prompts)
             last = attempt == self.retries
             settled = []
             for (k, _), (text,) in zip(list(todo.items()), completions):
-                verdict = parse_verdict(text)
+                verdict = parse_verdict(text, self.template)
                 if verdict is None and not last:
                     continue
                 if verdict is None:
@@ -170,7 +197,7 @@ def build_judge(settings: JudgeSettings, model: ModelSettings, cache_path: Path 
                             f"({exc.name} is missing)") from None
         api_key = os.environ.get(settings.api_key_env)
         generator = OpenAIGenerator(settings.url, settings.endpoint_model, api_key=api_key)
-    return LLMJudge(generator, settings.name, cache_path, settings.max_new_tokens, settings.retries)
+    return LLMJudge(generator, settings.name, cache_path, settings.max_new_tokens, settings.retries, settings.template)
 
 
 def agreement(questions: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -46,7 +46,7 @@ def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = Tr
                                                                          domain.config.seed))
         run.append(questions)
     documents = domain.with_self_check(documents, questions.questions)
-    runner = ContinualRunner(domain, loaded, documents, run)
+    runner = ContinualRunner(domain, loaded, documents, run, len(documents), "reorder")  # order 0: as given
     before = next(iter(run.of(SelfCheckBeforeRecord)), None)
     if before is None:
         before = SelfCheckBeforeRecord(runner.closed_book_scores(documents))

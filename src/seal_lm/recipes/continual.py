@@ -52,11 +52,17 @@ def read_general_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def passage_order(n: int, seed: int, order: int) -> list[int]:
-    """Order 0 is the given order; the others are seeded shuffles."""
+def sequence_indices(pool: int, n: int, draw: str, seed: int, order: int) -> list[int]:
+    """Which of the `pool` contexts sequence `order` learns, in turn. reorder: the first n, order 0 as they come
+    and the others in seeded shuffles; sample: n drawn without replacement for each sequence (SEAL's
+    continual_self_edits.py draws with one global random.seed(42); here each sequence has its own seed, so a
+    resumed run draws the same)."""
+    rng = random.Random(derived_seed(seed, "order", order))
+    if draw == "sample":
+        return rng.sample(range(pool), n)
     indices = list(range(n))
     if order:
-        random.Random(derived_seed(seed, "order", order)).shuffle(indices)
+        rng.shuffle(indices)
     return indices
 
 
@@ -90,7 +96,10 @@ def probe_score(question_scores: Sequence[float], unchanged: Sequence[bool]) -> 
 class ContinualRunner:
     """Runs one (variant, order) sequence of updates, resuming from what the run directory holds."""
 
-    def __init__(self, domain: SequentialDomain, loaded: LoadedModel, contexts: list[Any], run: RunDir):
+    def __init__(self, domain: SequentialDomain, loaded: LoadedModel, contexts: list[Any], run: RunDir,
+                 count: int, draw: str):
+        """Each sequence learns `count` of `contexts`, chosen by `draw` (see `sequence_indices`)."""
+        self.count, self.draw = count, draw
         self.domain = domain
         self.settings = domain.continual
         self.seed = domain.config.seed
@@ -108,7 +117,8 @@ class ContinualRunner:
 
     def run_order(self, variant: str, order: int, bar: tqdm) -> list[Adapter]:
         """Do the steps of this order that the run lacks; return the accepted adapters (the model holds them)."""
-        sequence = [self.contexts[i] for i in passage_order(len(self.contexts), self.seed, order)]
+        sequence = [self.contexts[i] for i in sequence_indices(len(self.contexts), self.count, self.draw, self.seed,
+                                                               order)]
         done = {r.step: r for r in self.run.of(StepRecord) if r.variant == variant and r.order == order}
         accepted = [load_adapter(self.adapter_dir(variant, order, s)) for s in sorted(done) if done[s].accepted]
         self.state.set(accepted)
@@ -221,21 +231,21 @@ def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool
     settings = domain.continual
     if settings.guard_settings.general_prompts:
         read_general_prompts(settings.guard_settings.general_prompts)  # a bad file fails before any work
-    contexts = domain.sequence_contexts()
+    contexts = domain.sequence_contexts()  # the pool: each sequence learns `passages` of them
     run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord))
     variants = settings.variants()
-    total = len(variants) * settings.orders * len(contexts)
+    total = len(variants) * settings.orders * settings.passages
     finished = len(run.of(StepRecord))
     if finished < total:
         loaded = load_model(domain.config.model)
         run.note_runtime(runtime_info(loaded, "hf"))
-        runner = ContinualRunner(domain, loaded, contexts, run)
+        runner = ContinualRunner(domain, loaded, contexts, run, settings.passages, settings.draw)
         with tqdm(total=total, initial=finished, desc="continual updates", unit="update",
                   disable=not show_progress) as bar:
             for variant in variants:
                 for order in range(settings.orders):
                     bar.set_postfix_str(f"{variant}, order {order + 1}")
                     runner.run_order(variant, order, bar)
-    summary = summarize(run.records, domain, len(contexts))
+    summary = summarize(run.records, domain, settings.passages)
     run.write_summary(summary)
     return summary

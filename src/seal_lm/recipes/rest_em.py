@@ -41,9 +41,12 @@ from seal_lm.runs import RunDir, derived_seed, run_config, runtime_info
 
 
 def kept_indices(rewards: Sequence[float], baseline: float, rule: str, k: int = 2) -> list[int]:
-    """Which self-edits of one context go into the policy update: only ever those beating the baseline."""
-    better = sorted((i for i, r in enumerate(rewards) if r > baseline), key=lambda i: (-rewards[i], i))
+    """Which self-edits of one context go into the policy update: the best whatever its reward (rule "best",
+    SEAL's src/EM/build_SFT_dataset.py: ties go to the first), or only ever those beating the baseline."""
     if rule == "best":
+        return [min(range(len(rewards)), key=lambda i: (-rewards[i], i))] if rewards else []
+    better = sorted((i for i, r in enumerate(rewards) if r > baseline), key=lambda i: (-rewards[i], i))
+    if rule == "best-over-baseline":
         return better[:1]
     if rule == "top-k":
         return sorted(better[:k])

@@ -19,13 +19,21 @@ from seal_lm.domains.knowledge.data import Passage, Question, load_documents, se
 from seal_lm.domains.knowledge.evaluation import (
     CONDITIONS,
     PassageEval,
+    QuestionSettings,
     answer_questions,
     evaluate_round,
     judge_agreement,
     summary_rows,
     write_self_edits,
 )
-from seal_lm.domains.knowledge.formats import DEFAULT_FORMAT, FORMATS, get_format, parse_completion, training_sequences
+from seal_lm.domains.knowledge.formats import (
+    DEFAULT_FORMAT,
+    FORMATS,
+    SPLITS,
+    get_format,
+    parse_completion,
+    training_sequences,
+)
 from seal_lm.errors import SealError
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS
@@ -36,6 +44,7 @@ from seal_lm.records import Record
 from seal_lm.runs import RunDir, derived_seed
 
 MODES = ("single", "cpt")
+REWARD_BASELINES = ("passage", "base")
 UNITS = Units(context="passage", contexts="passages", item="question", items="questions")
 _SELF_CHECK_QA = re.compile(r"Question\s*\d*\s*:\s*(.+?)\s*\n\s*Answer\s*\d*\s*:\s*(.+)", re.IGNORECASE)
 
@@ -61,8 +70,12 @@ class CptSettings:
     """self-edits sampled per pooled passage"""
     inner_loop: InnerLoopSettings = field(default_factory=lambda: InnerLoopSettings(epochs=3, batch_size=8))
     """the pooled update"""
+    split: str = "seal"
+    """seal: a passage adds its training sequences (split into items, the passage once); reference: as SEAL's
+    src/query/CPT.py, each completion one sequence (split only at ---) and the passage once per completion"""
 
     def validate(self, key: str) -> None:
+        one_of(f"{key}.split", self.split, SPLITS)
         if self.docs is not None:
             at_least(f"{key}.docs", self.docs, 1)
         at_least(f"{key}.self_edits_per_passage", self.self_edits_per_passage, 1)
@@ -105,11 +118,18 @@ class KnowledgeConfig:
     teacher: str | None = None
     """model that writes the self-edits of the teacher condition (any model.name value)"""
     format: str = DEFAULT_FORMAT
-    """self-edit format: implications, implications-long, rewrite or self-qa"""
+    """self-edit format: implications, implications-long, rewrite or self-qa (seal-lm's), or SEAL's own prompts
+    reference-implications, reference-implications-long, reference-implications-very-long, reference-rewrite,
+    reference-self-qa"""
+    split: str = "seal"
+    """how a completion becomes training sequences: seal (items without list markers, fragments or duplicates)
+    or reference (SEAL's split: lines with their markers, self-QA by "Question N:")"""
     self_edits_per_passage: int = 1
     """self-edits sampled per evaluated passage; accuracy is averaged over them"""
     self_edit_sampling: SamplingParams = field(default_factory=_self_edit_sampling)
     """how self-edits are sampled"""
+    question: QuestionSettings = field(default_factory=QuestionSettings)
+    """how closed-book questions are asked, everywhere (evaluation, rewards, CPT, continual, the judge)"""
     grader: str = "contains"
     """which grader is the accuracy (all are recorded): contains, exact, f1, or judge (needs judge.model or
     judge.url)"""
@@ -125,6 +145,9 @@ class KnowledgeConfig:
     """single: one LoRA update per passage (the paper's main setting); cpt: continued pretraining"""
     cpt: CptSettings = field(default_factory=CptSettings)
     """mode cpt's pooled update"""
+    reward_baseline: str = "passage"
+    """seal train: what a self-edit's reward is compared with: passage (after an update on the passage alone)
+    or base (the model before any update, SEAL's reported baseline); the keep rule best ignores it"""
     train_data: str | None = None
     """seal train: passages the policy learns from (null: the demo corpus' train split)"""
     train_skip: int = 0
@@ -147,7 +170,10 @@ class KnowledgeConfig:
 
     def validate(self) -> None:
         one_of("format", self.format, FORMATS)
+        one_of("split", self.split, SPLITS)
         one_of("mode", self.mode, MODES)
+        one_of("reward_baseline", self.reward_baseline, REWARD_BASELINES)
+        self.question.validate("question")
         self.judge.validate("judge")
         if self.grader == JUDGE and not self.judge.enabled:
             raise ConfigError("grader", "judge needs a judge: judge.model MODEL, or judge.url URL and "
@@ -234,24 +260,35 @@ class KnowledgeDomain:
 
     def score(self, model: LoadedModel, contexts: Sequence[Passage], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
-        """All inner loops of the group in one multi-adapter pass: per passage, `repeats` updates on the
-        passage alone (the baseline) and `repeats` per self-edit; then every adapted model answers."""
-        settings = self.config.inner_loop
+        """All inner loops of the group in one multi-adapter pass: per passage, `repeats` updates per self-edit
+        and, for the passage baseline, `repeats` on the passage alone; then every adapted model answers (and,
+        for the base baseline, the model as it is)."""
+        config = self.config
+        settings = config.inner_loop
+        split = config.split
         units: list[tuple[int, int, list[str]]] = []  # (passage, self-edit or -1 for the baseline, sequences)
-        parsed = [[parse_completion(c, self.fmt) for c in outs] for outs in completions]
+        parsed = [[parse_completion(c, self.fmt, split) for c in outs] for outs in completions]
         for i, passage in enumerate(contexts):
-            units.append((i, -1, training_sequences(passage)))
-            units.extend((i, j, training_sequences(passage, [p])) for j, p in enumerate(parsed[i]))
+            if config.reward_baseline == "passage":
+                units.append((i, -1, training_sequences(passage, (), split)))
+            units.extend((i, j, training_sequences(passage, [p], split)) for j, p in enumerate(parsed[i]))
         jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r))
                 for n, (_, _, seqs) in enumerate(units) for r in range(repeats)]
-        results = LoraUpdater(model, settings, max_adapters=self.config.adapters_per_pass).train(jobs)
-        graded = answer_questions(make_generator(model), [contexts[i] for i, _, _ in units for _ in range(repeats)],
-                                  [r.adapter for r in results])
-        grader = self.config.grader
-        accuracy = [sum(q["scores"][grader] for q in g) / len(g) for g in graded]
+        results = LoraUpdater(model, settings, max_adapters=config.adapters_per_pass).train(jobs)
+        generator = make_generator(model)
+        answered = [contexts[i] for i, _, _ in units for _ in range(repeats)]
+        adapters = [r.adapter for r in results]
+        if config.reward_baseline == "base":  # the model as it is, once per passage (greedy answers repeat)
+            answered += list(contexts)
+            adapters += [None] * len(contexts)
+        graded = answer_questions(generator, answered, adapters, config.question)
+        accuracy = [sum(q["scores"][config.grader] for q in g) / len(g) for g in graded]
         runs: dict[tuple[int, int], list[float]] = {}
         for n, (i, j, _) in enumerate(units):
             runs[(i, j)] = accuracy[n * repeats : (n + 1) * repeats]
+        if config.reward_baseline == "base":
+            for i in range(len(contexts)):
+                runs[(i, -1)] = [accuracy[len(units) * repeats + i]]
         out = []
         for i, outs in enumerate(completions):
             out.append(Scored(
@@ -265,18 +302,20 @@ class KnowledgeDomain:
     # ---- updates one after another (seal continual, seal adapt)
 
     def sequence_contexts(self) -> list[Passage]:
-        passages = select_passages(self.config.data, "validation", self.config.skip, self.continual.passages)
-        if len(passages) < 2:
-            raise SealError(f"{self.config.data or 'demo corpus'}: continual learning needs at least 2 passages")
+        """The passages sequences are made of: all of the data after `skip` (up to `limit`)."""
+        passages = select_passages(self.config.data, "validation", self.config.skip, self.config.limit)
+        if len(passages) < max(2, self.continual.passages):
+            raise SealError(f"{self.config.data or 'demo corpus'}: continual learning of {self.continual.passages} "
+                            f"passages needs that many (and at least 2), it has {len(passages)}")
         return passages
 
     def write_update(self, generator: Generator, context: Passage, seed: int) -> Update:
         params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
-        edit = write_self_edits(generator, [context], self.fmt, params)[0][0]
-        return Update(edit.as_record(), training_sequences(context, [edit.parsed]))
+        edit = write_self_edits(generator, [context], self.fmt, params, self.config.split)[0][0]
+        return Update(edit.as_record(), training_sequences(context, [edit.parsed], self.config.split))
 
     def closed_book_scores(self, generator: Generator, contexts: Sequence[Passage]) -> list[list[float]]:
-        graded = answer_questions(generator, contexts)
+        graded = answer_questions(generator, contexts, None, self.config.question)
         return [[q["scores"][self._grader_of(p)] for q in qs] for p, qs in zip(contexts, graded)]
 
     def _grader_of(self, passage: Passage) -> str:

@@ -25,9 +25,17 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from seal_lm.adapters import Adapter
+from seal_lm.config import at_least, one_of
 from seal_lm.domain import condition_row
 from seal_lm.domains.knowledge.data import Passage
-from seal_lm.domains.knowledge.formats import KnowledgeFormat, ParsedSelfEdit, parse_completion, training_sequences
+from seal_lm.domains.knowledge.formats import (
+    KnowledgeFormat,
+    ParsedSelfEdit,
+    ReferenceFormat,
+    parse_completion,
+    reference_items,
+    training_sequences,
+)
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS, grade_all
 from seal_lm.inner_loop import LoraUpdater, TrainJob
@@ -40,8 +48,37 @@ if TYPE_CHECKING:
     from seal_lm.domains.knowledge.domain import KnowledgeConfig
 
 CONDITIONS = ("base", "passage", "self-edit", "teacher")
-# The paper's evaluation: greedy decoding, at most 64 new tokens, question only.
-ANSWER_SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=64, stop=("\nQuestion:",))
+QUESTION_TEMPLATES = ("seal", "reference")
+# SEAL's closed-book prompt, verbatim (knowledge-incorporation/src/utils.py, SQUAD_ANSWER_TEMPLATE_BASE), sent as
+# raw text (src/inner/TTT_server.py); the question in it carries the topic line (src/query/query_server.py).
+REFERENCE_QUESTION_TEMPLATE = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
+
+
+@dataclass
+class QuestionSettings:
+    """How a closed-book question is asked (greedy decoding; the passage is never in the prompt)."""
+
+    topic: bool = True
+    """put "Topic: {title}" on the line before the question, as SEAL's code does in evaluation, rewards, CPT
+    and continual, and in what the judge sees"""
+    template: str = "seal"
+    """seal: an instruction in the chat template for chat models (plain text for base models), the answer cut
+    where the model starts a new "Question:"; reference: SEAL's base-model text for every model, raw, the answer
+    ending only at EOS"""
+    max_new_tokens: int = 64
+    """length limit of an answer"""
+
+    def validate(self, key: str) -> None:
+        one_of(f"{key}.template", self.template, QUESTION_TEMPLATES)
+        at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1)
+
+    def asked(self, question: str, title: str) -> str:
+        """The question as the model (and a judge) reads it."""
+        return f"Topic: {title}\n{question}" if self.topic else question
+
+    def sampling(self) -> SamplingParams:
+        stop = ("\nQuestion:",) if self.template == "seal" else ()
+        return SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens, stop=stop)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +91,13 @@ class PassageEval(EvalRecord):
     questions: list[dict[str, Any]] = field(default_factory=list)  # question, answers, predictions, scores
 
 
-def question_prompt(question: str) -> Prompt:
-    """The closed-book prompt: no passage, just the question."""
+def question_prompt(asked: str, template: str = "seal") -> Prompt:
+    """The closed-book prompt: no passage, just the question (as `QuestionSettings.asked` writes it)."""
+    if template == "reference":
+        return Prompt.raw_text(REFERENCE_QUESTION_TEMPLATE.format(question=asked))
     return Prompt(
-        messages=(("user", f"Answer the question directly and concisely.\nQuestion: {question}"),),
-        text=f"Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:",
+        messages=(("user", f"Answer the question directly and concisely.\nQuestion: {asked}"),),
+        text=f"Let's answer a question directly and concisely.\nQuestion: {asked}\nAnswer:",
     )
 
 
@@ -71,27 +110,28 @@ class SelfEdit:
         return {"completion": self.completion, "status": self.parsed.status, "items": list(self.parsed.items)}
 
 
-def write_self_edits(
-    generator: Generator, passages: Sequence[Passage], fmt: KnowledgeFormat, params: SamplingParams
-) -> list[list[SelfEdit]]:
+def write_self_edits(generator: Generator, passages: Sequence[Passage], fmt: KnowledgeFormat | ReferenceFormat,
+                     params: SamplingParams, split: str = "seal") -> list[list[SelfEdit]]:
     """`params.n` self-edits for each passage, parsed; unusable ones are kept (and counted) too."""
     completions = generator.generate([fmt.prompt(p) for p in passages], params)
-    return [[SelfEdit(c, parse_completion(c, fmt)) for c in per_passage] for per_passage in completions]
+    return [[SelfEdit(c, parse_completion(c, fmt, split)) for c in per_passage] for per_passage in completions]
 
 
 def answer_questions(
-    generator: Generator, passages: Sequence[Passage], adapters: Sequence[Adapter | None] | None = None
+    generator: Generator, passages: Sequence[Passage], adapters: Sequence[Adapter | None] | None = None,
+    settings: QuestionSettings | None = None,
 ) -> list[list[dict]]:
     """Closed-book answers to every question of `passages` (passage i answered by `adapters[i]`,
-    all in one batched call), graded by every grader."""
+    all in one batched call), graded by every grader; "question" records the text asked."""
+    settings = settings or QuestionSettings()
     per_passage = list(adapters) if adapters is not None else [None] * len(passages)
-    questions = [q for p in passages for q in p.questions]
+    asked = [(settings.asked(q.question, p.title), q) for p in passages for q in p.questions]
     per_question = [a for p, a in zip(passages, per_passage) for _ in p.questions]
-    answers = generator.generate([question_prompt(q.question) for q in questions], ANSWER_SAMPLING, per_question)
+    answers = generator.generate([question_prompt(text, settings.template) for text, _ in asked],
+                                 settings.sampling(), per_question)
     graded = iter(
-        {"question": q.question, "answers": list(q.answers), "prediction": a[0].strip(),
-         "scores": grade_all(a[0], q.answers)}
-        for q, a in zip(questions, answers)
+        {"question": text, "answers": list(q.answers), "prediction": a[0].strip(), "scores": grade_all(a[0], q.answers)}
+        for (text, q), a in zip(asked, answers)
     )
     return [[next(graded) for _ in p.questions] for p in passages]
 
@@ -100,7 +140,7 @@ class KnowledgeEvaluator:
     """Runs one condition for a group of passages at a time: self-edits for all of them in one
     batched generation, all their inner loops in one multi-adapter pass, all answers in one batch."""
 
-    def __init__(self, config: KnowledgeConfig, fmt: KnowledgeFormat, loaded: LoadedModel,
+    def __init__(self, config: KnowledgeConfig, fmt: KnowledgeFormat | ReferenceFormat, loaded: LoadedModel,
                  teacher: Generator | None = None, judge: LLMJudge | None = None):
         self.config = config
         self.fmt = fmt
@@ -118,8 +158,9 @@ class KnowledgeEvaluator:
         seed = derived_seed(config.seed, condition, *(p.id for p in passages))
         records = [PassageEval(round=round_, context_id=p.id, title=p.title, condition=condition, accuracy={},
                                seconds=0.0) for p in passages]
+        questions = config.question
         if condition == "base":
-            samples = [[graded] for graded in answer_questions(self.generator, passages)]
+            samples = [[graded] for graded in answer_questions(self.generator, passages, None, questions)]
         else:
             cpt = config.mode == "cpt"
             if condition == "passage":
@@ -128,22 +169,22 @@ class KnowledgeEvaluator:
                 writer = self.teacher if condition == "teacher" else self.generator
                 n = config.cpt.self_edits_per_passage if cpt else config.self_edits_per_passage
                 edits = write_self_edits(writer, passages, self.fmt,
-                                         dataclasses.replace(config.self_edit_sampling, n=n, seed=seed))
+                                         dataclasses.replace(config.self_edit_sampling, n=n, seed=seed), config.split)
             if cpt:  # one update on everything the pool's passages contribute
-                sequence_sets = [[training_sequences(p, [e.parsed for e in es])] for p, es in zip(passages, edits)]
+                sequence_sets = [[cpt_sequences(p, es, config.cpt.split)] for p, es in zip(passages, edits)]
                 pooled = [seq for sets in sequence_sets for seq in sets[0]]
                 result, = self.updater.train([TrainJob(pooled, dataclasses.replace(config.cpt.inner_loop, seed=seed))])
                 per_passage = [[result] for _ in passages]
             else:  # one update per passage and self-edit, all trained together
-                sequence_sets = [[training_sequences(p, [e.parsed]) for e in es] or [training_sequences(p)]
-                                 for p, es in zip(passages, edits)]
+                sequence_sets = [[training_sequences(p, [e.parsed], config.split) for e in es]
+                                 or [training_sequences(p, (), config.split)] for p, es in zip(passages, edits)]
                 jobs = [TrainJob(seqs, dataclasses.replace(config.inner_loop, seed=seed + j))
                         for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
                 results = iter(self.updater.train(jobs))
                 per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
             # Answer sample j of every passage in one batch, each passage with its own adapter.
             n_samples = max(len(r) for r in per_passage)
-            answered = [answer_questions(self.generator, passages, [r[j].adapter for r in per_passage])
+            answered = [answer_questions(self.generator, passages, [r[j].adapter for r in per_passage], questions)
                         for j in range(n_samples)]
             samples = [[answered[j][i] for j in range(len(per_passage[i]))] for i in range(len(passages))]
             for record, es, sets, rs in zip(records, edits, sequence_sets, per_passage):
@@ -171,6 +212,18 @@ class KnowledgeEvaluator:
             q["scores"][JUDGE] = sum(next(verdicts) for _ in q["predictions"]) / len(q["predictions"])
 
 
+def cpt_sequences(passage: Passage, edits: Sequence[SelfEdit], split: str) -> list[str]:
+    """What one passage adds to a pooled CPT update: seal-lm's training sequences of all its self-edits
+    (the passage once), or SEAL's (src/query/CPT.py): each completion split only at `---`, the passage
+    added once per completion, and for a passage without completions its title line and the passage."""
+    if split == "seal":
+        return training_sequences(passage, [e.parsed for e in edits])
+    completions = [e.completion for e in edits if e.completion.strip()] or [""]
+    return [seq for c in completions
+            for seq in training_sequences(passage, [ParsedSelfEdit(tuple(reference_items(c, False)), "ok")],
+                                          "reference")]
+
+
 def _merge_samples(samples: list[list[dict]]) -> list[dict]:
     """One entry per question: every sample's prediction, and scores averaged over samples."""
     merged = []
@@ -185,7 +238,7 @@ def _merge_samples(samples: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def evaluate_round(config: KnowledgeConfig, fmt: KnowledgeFormat, passages: list[Passage], model: LoadedModel,
+def evaluate_round(config: KnowledgeConfig, fmt: KnowledgeFormat | ReferenceFormat, passages: list[Passage], model: LoadedModel,
                    round_: int, run: RunDir, show_progress: bool, label: str) -> None:
     """Append the records of round `round_` that `run` lacks: the configured conditions before RL
     (round 0), the self-edit condition of the round's policy after it."""

@@ -1,9 +1,15 @@
 """Knowledge self-edits: the model restates a passage (implications, rewrites, Q&A) as training data.
 
-As in the paper, a completion is split into items (blank-line or `---` segments, then lines),
-each item is prefixed with the passage title, and the passage itself is always one more
-training sequence. Empty or unusable completions never fail a run: they leave the passage as
-the only sequence, and `ParsedSelfEdit.status` records what happened so runs can count it.
+Two families of formats and two ways of splitting a completion into training sequences:
+- seal-lm's (`implications`, ...): a chat request for instruction-tuned models and a cue for base
+  models; `split: seal` cuts a completion into items (blank-line or `---` segments, then lines),
+  drops list markers, fragments and duplicates, and joins a self-QA question with its answer;
+- SEAL's own (`reference-implications`, ...): the exact base-model prompts of its code, always raw
+  text; `split: reference` splits as its code does (`---` segments, then lines, list markers kept,
+  the first line dropped when the second starts with "1.", self-QA split before "Question N:").
+Either way each item is prefixed with the passage title and the passage itself is one more
+sequence. Empty or unusable completions never fail a run: they leave the passage as the only
+sequence, and `ParsedSelfEdit.status` records what happened so runs can count it.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class KnowledgeFormat:
         return Prompt(messages=(("user", user),), text=base)
 
 
-FORMATS: dict[str, KnowledgeFormat] = {
+FORMATS: dict[str, KnowledgeFormat | ReferenceFormat] = {
     f.name: f
     for f in (
         KnowledgeFormat(
@@ -66,10 +72,43 @@ FORMATS: dict[str, KnowledgeFormat] = {
         ),
     )
 }
+# SEAL's self-edit prompts, verbatim (knowledge-incorporation/src/data_generation/make_squad_data.py,
+# MAKE_SQUAD_DATA_TEMPLATES_BASE); its runs use them as raw text, also with chat models.
+REFERENCE_TEMPLATES = {
+    "reference-implications": "Let's read the following passage and produce a list of implications derived directly or "
+                              "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n",
+    "reference-implications-long": "Let's read the following passage and produce a long list of implications derived "
+                                   "directly or indirectly from the content.\n\nPassage:\n{title}\n{context}\n\n"
+                                   "Implications:\n",
+    "reference-implications-very-long": "Let's read the following passage and produce a very long list of implications "
+                                        "derived directly or indirectly from the content.\n\nPassage:\n{title}\n"
+                                        "{context}\n\nImplications:\n",
+    "reference-rewrite": "Let's read the following passage and rewrite it in a few different ways, each one separated "
+                         "by a newline.\n\nPassage:\n{title}\n{context}\n\nRewritten passages:\n",
+    "reference-self-qa": "Let's read the following passage and rewrite it in a question-answer format.\n\nPassage:\n"
+                         "{title}\n{context}\n\nQuestion 1: ",
+}
+
+
+@dataclass(frozen=True)
+class ReferenceFormat:
+    """One of SEAL's self-edit prompts: the same raw text for every model."""
+
+    name: str
+    template: str
+    keep_qa_pairs: bool = False  # only read by `split: seal`
+
+    def prompt(self, passage: Passage) -> Prompt:
+        return Prompt.raw_text(self.template.format(title=passage.title, context=passage.context))
+
+
+FORMATS.update({name: ReferenceFormat(name, template, keep_qa_pairs=name.endswith("self-qa"))
+                for name, template in REFERENCE_TEMPLATES.items()})
 DEFAULT_FORMAT = "implications"
+SPLITS = ("seal", "reference")
 
 
-def get_format(name: str) -> KnowledgeFormat:
+def get_format(name: str) -> KnowledgeFormat | ReferenceFormat:
     try:
         return FORMATS[name]
     except KeyError:
@@ -82,10 +121,13 @@ class ParsedSelfEdit:
     status: str  # "ok", "empty" (nothing generated) or "unusable" (nothing usable in it)
 
 
-def parse_completion(completion: str, fmt: KnowledgeFormat) -> ParsedSelfEdit:
-    """Split a completion into training items; drop list markers, fragments and duplicates."""
+def parse_completion(completion: str, fmt: KnowledgeFormat | ReferenceFormat, split: str = "seal") -> ParsedSelfEdit:
+    """Split a completion into training items: seal-lm's way (drop list markers, fragments and duplicates)
+    or, with `split` "reference", SEAL's (`reference_items`)."""
     if not completion.strip():
         return ParsedSelfEdit((), "empty")
+    if split == "reference":
+        return ParsedSelfEdit(tuple(reference_items(completion)), "ok")
     items: list[str] = []
     for segment in _SEGMENT_BREAK.split(completion.strip()):
         lines = [_LIST_MARKER.sub("", line).strip() for line in segment.splitlines()]
@@ -105,10 +147,30 @@ def _join_qa_pairs(lines: list[str]) -> list[str]:
     return ["\n".join(p) for p in pairs]
 
 
-def passage_sequence(passage: Passage) -> str:
-    return f"{passage.title}\n{passage.context}"
+def reference_items(completion: str, split_newlines: bool = True) -> list[str]:
+    """The items SEAL's `build_train_sequences` makes of a (stripped) completion, before the title prefix
+    (knowledge-incorporation/src/utils.py; `split_newlines` as in scripts/query_server.sh and continual,
+    off in CPT): `---` segments; then, with `split_newlines`, either the self-QA split before every
+    "Question N:" (when the text also has "Answer:"; segments keep their trailing newline) or every
+    non-blank line, list markers kept, the first line dropped when the second starts with "1."."""
+    text = completion.strip()
+    segments = [s.strip() for s in text.split("---") if s.strip()] or [text]
+    if not split_newlines:
+        return segments
+    if re.search(r"Question\s+\d+:", text) and re.search(r"Answer\s*:", text):
+        segments = re.split(r"\n(?=Question\s+\d+:)", text)
+        if not segments[0].lstrip().startswith("Question"):
+            segments[0] = "Question 1: " + segments[0].strip()
+        return segments
+    lines = [line.strip() for segment in segments for line in segment.splitlines() if line.strip()]
+    return lines[1:] if len(lines) > 1 and lines[1].startswith("1.") else lines
 
 
-def training_sequences(passage: Passage, parsed: list[ParsedSelfEdit] | tuple[ParsedSelfEdit, ...] = ()) -> list[str]:
-    """The passage itself, then every item of every self-edit, each prefixed with the title."""
-    return [passage_sequence(passage)] + [f"{passage.title}\n{item}" for p in parsed for item in p.items]
+def training_sequences(passage: Passage, parsed: list[ParsedSelfEdit] | tuple[ParsedSelfEdit, ...] = (),
+                       split: str = "seal") -> list[str]:
+    """Every item of every self-edit, each prefixed with the title, and the passage itself: first (seal-lm's
+    order) or, with `split` "reference", last and stripped, as SEAL's code adds it."""
+    items = [f"{passage.title}\n{item}" for p in parsed for item in p.items]
+    if split == "reference":
+        return items + [f"{passage.title}\n{passage.context.strip()}"]
+    return [f"{passage.title}\n{passage.context}"] + items
