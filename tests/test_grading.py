@@ -47,3 +47,17 @@ def test_interval_for_fractional_scores_and_empty():
     assert mean_with_interval([]).n == 0
     single = mean_with_interval([0.9])  # one F1 value: no spread to estimate, so no false precision
     assert (single.mean, single.low, single.high, single.n) == (0.9, 0.0, 1.0, 1)
+
+
+def test_paired_difference_resamples_contexts_and_flips_signs():
+    from seal_lm.stats import paired_difference
+
+    same = paired_difference([[0.0, 0.0], [0.0]])
+    assert same.mean == 0 and same.low == 0 == same.high and same.p == 1.0 and not same.significant
+    better = paired_difference([[1.0, 1.0, 0.0]] * 12, resamples=2000)  # every context gains 2 of 3 items
+    assert better.mean == pytest.approx(2 / 3) and better.low == better.high == pytest.approx(2 / 3)
+    assert better.p < 0.001 and better.significant and (better.contexts, better.items) == (12, 36)
+    mixed = paired_difference([[1.0], [-1.0], [1.0, 1.0], [0.0], [-1.0]], resamples=2000)
+    assert mixed.low < 0 < mixed.high and mixed.p > 0.3 and not mixed.significant
+    assert paired_difference([[1.0], [-1.0]], seed=3) == paired_difference([[1.0], [-1.0]], seed=3)
+    assert "points [" in str(mixed)

@@ -59,8 +59,8 @@ def test_the_page_is_self_contained_with_every_plot_embedded(train_run):
     assert "20250101-000000-train" in page and "&quot;rest_em&quot;" in page  # the config, escaped
     assert "<script" not in page and "<link" not in page and 'src="http' not in page
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 4
-    for name in ("accuracy", "rewards", "beat_baseline", "gains"):
+    assert len(images) == 5
+    for name in ("accuracy", "paired", "rewards", "beat_baseline", "gains"):
         data = (out / "report" / f"{name}.png").read_bytes()
         assert data.startswith(PNG_SIGNATURE) and base64.b64encode(data).decode() in images
 
@@ -76,6 +76,16 @@ def test_the_accuracy_table_is_the_summary_in_its_order(train_run):
     for row in summary["conditions"].values():
         assert str(Estimate(**row["accuracy"]["f1"])) in section
     assert ">passages</th>" in section and ">questions</th>" in section
+
+
+def test_paired_differences_are_reported_with_the_headline(train_run):
+    out, page = train_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == "round-2 - passage"
+    section = _section(page, "paired")
+    for d in summary["paired"].values():
+        assert d["label"] in section and f"{100 * d['mean']:+.1f}" in section
+    assert "Headline: SEAL round 2 - train on passage is" in section
 
 
 def test_rewards_beat_and_gains_follow_the_rollout_records(train_run):

@@ -19,7 +19,7 @@ from seal_lm.inner_loop import InnerLoopSettings
 from seal_lm.models import LoadedModel, ModelSettings
 from seal_lm.records import EvalRecord, Record
 from seal_lm.runs import RunDir
-from seal_lm.stats import mean_with_interval
+from seal_lm.stats import mean_with_interval, paired_difference
 
 KEEP_RULES = ("best", "best-over-baseline", "positive", "top-k")
 DRAWS = ("reorder", "sample")
@@ -49,6 +49,27 @@ def condition_row(label: str, records: Sequence[EvalRecord], items: int, scores:
         "accuracy": {grader: mean_with_interval(values).as_dict() for grader, values in scores.items()},
         "self_edit_status": dict(self_edit_status),
     }
+
+
+def paired_differences(scores: Mapping[str, Mapping[str, Sequence[float]]], pairs: Sequence[tuple[str, str]],
+                       labels: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """For each (A, B) pair of condition keys present in `scores` (key -> context id -> its items' scores, in
+    the same item order for every key): the paired difference A - B over the contexts both have."""
+    out = {}
+    for a, b in pairs:
+        if a not in scores or b not in scores:
+            continue
+        shared = [c for c in scores[a] if c in scores[b]]
+        diffs = [[x - y for x, y in zip(scores[a][c], scores[b][c])] for c in shared]
+        out[f"{a} - {b}"] = {"a": a, "b": b, "label": f"{labels[a]} - {labels[b]}",
+                             **paired_difference(diffs).as_dict()}
+    return out
+
+
+def headline_pair(paired: Mapping[str, dict[str, Any]], keys: Sequence[str]) -> str | None:
+    """The comparison a run is about: the last SEAL round against training on the context alone if there
+    were rounds, else the self-edit against it (the first of `keys` present)."""
+    return next((k for k in keys if k in paired), None)
 
 
 def summary(domain: str, title: str, units: Units, model: str, grader: str, setting: str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from seal_lm.report.page import esc, estimate_text, fmt, section, table
-from seal_lm.report.plots import interval_bars
+from seal_lm.report.plots import difference_bars, interval_bars
 from seal_lm.report.run import Run
 from seal_lm.stats import Estimate
 
@@ -34,6 +34,30 @@ def accuracy_section(run: Run) -> str:
                    plot if plotted else "")
 
 
+def paired_section(run: Run) -> str:
+    """Paired differences between conditions that answered the same questions, contexts resampled."""
+    summary = run.summary or {}
+    paired = summary.get("paired") or {}
+    if not paired:
+        return ""
+    units = summary["units"]
+    rows = [[esc(d["label"]), esc(f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"),
+             esc(f"{d['p']:.3f}"), esc(d["contexts"]), esc(d["items"]),
+             esc("yes" if d["low"] > 0 or d["high"] < 0 else "no")] for d in paired.values()]
+    plot = difference_bars(run.plots, "paired", [d["label"] for d in paired.values()],
+                           [d["mean"] for d in paired.values()], [d["low"] for d in paired.values()],
+                           [d["high"] for d in paired.values()], "difference, points (95% interval)")
+    headline = paired.get(summary.get("headline") or "")
+    note = (f"A - B over the {units['items']} both conditions answered: 95% interval from a bootstrap that resamples "
+            f"{units['contexts']}, two-sided p from flipping the sign of each {units['context']}'s differences.")
+    if headline:
+        verdict = "significant" if headline["low"] > 0 or headline["high"] < 0 else "not significant"
+        note += f" Headline: {headline['label']} is {verdict}."
+    return section("paired", "Paired differences", note,
+                   table(["A - B", "points [95% CI]", "p", units["contexts"], units["items"], "significant"], rows,
+                         {1, 2, 3, 4}), plot)
+
+
 def judge_section(run: Run) -> str:
     """How often the LLM judge agrees with each string grader (present when the run had a judge)."""
     agreement = (run.summary or {}).get("judge_agreement")
@@ -47,4 +71,4 @@ def judge_section(run: Run) -> str:
     return section("judge", "Judge agreement", note, table(["grader", "agreement", "kappa", "n"], rows, {1, 2, 3}))
 
 
-SECTIONS = (accuracy_section, judge_section)
+SECTIONS = (accuracy_section, paired_section, judge_section)

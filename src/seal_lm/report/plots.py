@@ -63,6 +63,24 @@ def interval_bars(plots: Plots, name: str, labels: Sequence[str], estimates: Seq
     return plots.save(fig, name, xlabel)
 
 
+def difference_bars(plots: Plots, name: str, labels: Sequence[str], means: Sequence[float], lows: Sequence[float],
+                    highs: Sequence[float], xlabel: str) -> str:
+    """Paired differences with their 95% intervals around a zero line; green where the interval excludes 0."""
+    fig, axes = plots.figure(height=max(1.6, min(FIGSIZE[1], 0.9 + 0.45 * len(labels))))
+    ax = axes[0][0]
+    ys = list(range(len(labels)))
+    for y, m, lo, hi in zip(ys, means, lows, highs):
+        colour = GREEN if lo > 0 else RED if hi < 0 else GREY
+        ax.errorbar([100 * m], [y], xerr=[[100 * max(0.0, m - lo)], [100 * max(0.0, hi - m)]], fmt="o",
+                    color=colour, capsize=4, markersize=5)
+    ax.axvline(0, color="#222", linewidth=0.8)
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    return plots.save(fig, name, xlabel)
+
+
 def fraction_bars(plots: Plots, name: str, labels: Sequence[str], estimates: Sequence[Estimate],
                   counts: Sequence[tuple[int, int]], ylabel: str) -> str:
     """Vertical bars of fractions with 95% intervals and "k of n" above each."""

@@ -7,7 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from seal_lm.stats import Estimate
+from seal_lm.stats import Estimate, PairedDifference
+
+PAIRED_FIELDS = ("mean", "low", "high", "p", "contexts", "items")
 
 
 def eval_table(summary: dict[str, Any]) -> Table:
@@ -36,6 +38,22 @@ def print_eval_table(summary: dict[str, Any], console: Console | None = None) ->
                           f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
     if "judge_agreement" in summary:
         console.print(judge_agreement_line(summary["judge_agreement"]))
+    print_paired(summary, console)
+
+
+def print_paired(summary: dict[str, Any], console: Console) -> None:
+    """Each paired difference (same questions, contexts resampled), then the run's headline comparison."""
+    paired = summary.get("paired") or {}
+    items = summary["units"]["items"]
+    for key, d in paired.items():
+        console.print(f"{d['label']}: {PairedDifference(**{k: d[k] for k in PAIRED_FIELDS})} "
+                      f"({d['contexts']} {summary['units']['contexts']}, {d['items']} {items})")
+    headline = summary.get("headline")
+    if headline:
+        d = PairedDifference(**{k: paired[headline][k] for k in PAIRED_FIELDS})
+        verdict = ("significant: the 95% interval excludes 0" if d.significant else
+                   "not significant: the 95% interval includes 0")
+        console.print(f"[bold]headline[/bold]: {paired[headline]['label']} {d}, {verdict}")
 
 
 def print_rounds(summary: dict[str, Any], console: Console | None = None) -> None:

@@ -14,12 +14,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seal_lm.config import ConfigError, at_least, one_of
-from seal_lm.domain import AdaptSettings, ContinualSettings, RestEmSettings, Scored, Units, Update, summary
+from seal_lm.domain import (
+    AdaptSettings,
+    ContinualSettings,
+    RestEmSettings,
+    Scored,
+    Units,
+    Update,
+    headline_pair,
+    paired_differences,
+    summary,
+)
 from seal_lm.domains.knowledge.data import Passage, Question, load_documents, select_passages
 from seal_lm.domains.knowledge.evaluation import (
     CONDITIONS,
     PassageEval,
     QuestionSettings,
+    comparisons,
+    paired_scores,
     answer_questions,
     evaluate_round,
     judge_agreement,
@@ -238,8 +250,13 @@ class KnowledgeDomain:
         config = self.config
         setting = ("single passage: one LoRA update per passage" if config.mode == "single" else
                    f"continued pretraining: one LoRA update per {config.cpt.docs or len(wanted)} pooled passages")
-        out = summary(self.name, "Closed-book accuracy", self.units, display_name(config.model.name), config.grader, setting,
-                      summary_rows(evals, config))
+        rows = summary_rows(evals, config)
+        out = summary(self.name, "Closed-book accuracy", self.units, display_name(config.model.name), config.grader,
+                      setting, rows)
+        pairs = comparisons(list(rows))
+        out["paired"] = paired_differences(paired_scores(evals, config), pairs,
+                                           {k: row["label"] for k, row in rows.items()})
+        out["headline"] = headline_pair(out["paired"], [f"{a} - {b}" for a, b in pairs])
         if config.judge.enabled:
             out["judge_agreement"] = judge_agreement(evals)
         return out

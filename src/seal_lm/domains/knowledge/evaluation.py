@@ -290,6 +290,24 @@ def summary_rows(records: Sequence[PassageEval], config: KnowledgeConfig) -> dic
     return rows
 
 
+def paired_scores(records: Sequence[PassageEval], config: KnowledgeConfig) -> dict[str, dict[str, list[float]]]:
+    """Row key (as in `summary_rows`) -> passage id -> its questions' scores under the headline grader."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        key = r.condition if r.round == 0 else f"round-{r.round}"
+        if r.round == 0 or r.condition == "self-edit":
+            out.setdefault(key, {})[r.context_id] = [q["scores"][config.grader] for q in r.questions]
+    return out
+
+
+def comparisons(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs that matter: self-edit and teacher against the passage alone and each other, every SEAL round
+    against the self-edit before RL and against the passage alone."""
+    rounds = sorted((k for k in keys if k.startswith("round-")), key=lambda k: int(k.split("-")[1]), reverse=True)
+    pairs = [(r, b) for r in rounds for b in ("passage", "self-edit")]
+    return pairs + [("self-edit", "passage"), ("teacher", "self-edit"), ("teacher", "passage"), ("passage", "base")]
+
+
 def judge_agreement(records: Sequence[PassageEval]) -> dict[str, Any]:
     return agreement(q for r in records for q in r.questions)
 
