@@ -68,3 +68,35 @@ def test_runtime_is_recorded_per_process_and_a_change_warns_in_one_line(tmp_path
     message, = [r.getMessage() for r in caplog.records]
     assert "generation_backend vllm (was hf)" in message and "\n" not in message
     assert len(json.loads((tmp_path / RUNTIME_FILE).read_text())) == 3
+
+
+def test_one_writer_per_run_directory_and_a_killed_holder_never_blocks(tmp_path):
+    """A real second process holds the lock; this one is refused with its pid; once it is SIGKILLed the lock is
+    free again (the OS drops it), although the lock file with its pid stays."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from seal_lm.runs import LOCK_FILE, locked
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom seal_lm.runs import locked\n"
+                               f"with locked({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SealError, match=rf"another process \(pid {holder.pid}\) is running this run directory"):
+            with locked(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10
+    while True:
+        try:
+            with locked(tmp_path):
+                break
+        except SealError:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    assert (tmp_path / LOCK_FILE).exists()

@@ -11,6 +11,8 @@ Reopening a directory with the same config resumes it: finished records are kept
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +20,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +34,7 @@ CONFIG_FILE = "config.json"
 RUNTIME_FILE = "runtime.json"
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 # What a resumed run warns about when it differs from the run's previous process.
 RUNTIME_CHECKED = ("generation_backend", "seal_lm", "torch", "transformers", "peft", "device", "dtype")
 
@@ -54,6 +59,39 @@ def read_config(path: str | Path) -> dict[str, Any]:
         return json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SealError(f"{config_path}: not valid JSON ({exc})") from None
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[Path]:
+    """One writer per run directory: an OS lock (flock) on RUN_DIR/.lock while inside, taken before anything in
+    the directory is read or repaired. The OS drops it when its process ends, however it ends, so a killed run
+    never blocks its resume; a second process meanwhile gets a one-line error naming the holder's pid."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SealError(f"{path}: another process (pid {holder}) is running this run directory; wait for it to "
+                        "finish or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def one_writer(recipe: Callable[..., Any]) -> Callable[..., Any]:
+    """A recipe `recipe(domain, out, ...)` that holds the run directory's lock (`locked`) while it runs."""
+    @functools.wraps(recipe)
+    def holding(domain: Any, out: str | Path, *args: Any, **kwargs: Any) -> Any:
+        with locked(out):
+            return recipe(domain, out, *args, **kwargs)
+
+    return holding
 
 
 class RunDir:

@@ -22,10 +22,11 @@ from seal_lm.generation import HFGenerator
 from seal_lm.models import display_name, load_model
 from seal_lm.recipes.continual import ContinualRunner, read_general_prompts
 from seal_lm.records import SelfCheckBeforeRecord, SelfCheckQuestionsRecord, StepRecord, record_types
-from seal_lm.runs import RunDir, run_config, runtime_info
+from seal_lm.runs import RunDir, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
 
+@one_writer
 def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Learn every document in turn, save the result, and return the summary (also written to `out`)."""
     settings = domain.adapt

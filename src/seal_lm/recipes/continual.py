@@ -36,7 +36,7 @@ from seal_lm.generation import GREEDY, HFGenerator, Prompt
 from seal_lm.inner_loop import LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, display_name, load_model
 from seal_lm.records import StepRecord, record_types
-from seal_lm.runs import RunDir, derived_seed, run_config, runtime_info
+from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
 
@@ -226,6 +226,7 @@ def summarize(records: Sequence[Any], domain: SequentialDomain, n: int) -> dict[
             "matrices": forgetting_matrices(steps, n)}
 
 
+@one_writer
 def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Every variant and order, resumable; returns the summary also written to the run directory."""
     settings = domain.continual

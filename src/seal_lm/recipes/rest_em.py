@@ -37,7 +37,7 @@ from seal_lm.generation import backend_name, make_generator
 from seal_lm.inner_loop import Example, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
-from seal_lm.runs import RunDir, derived_seed, run_config, runtime_info
+from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
 
 
 def kept_indices(rewards: Sequence[float], baseline: float, rule: str, k: int = 2) -> list[int]:
@@ -67,6 +67,7 @@ def _score_group(domain: Domain, repeats: int, model: LoadedModel, payload: tupl
     return domain.score(model, contexts, completions, repeats, seed)
 
 
+@one_writer
 def run_rest_em(domain: Domain, out: str | Path, show_progress: bool = True,
                 executor: ExecutorSettings | None = None) -> dict[str, Any]:
     """Run (or resume) all rounds into `out`; return the summary that is also written there. The rewards'
