@@ -32,8 +32,9 @@ def adapter_dir(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny, adapter_dir):
-    app = create_app(tiny, "tiny", adapters={"orlan": str(adapter_dir)}, batch_wait_ms=20)
+def server(tiny, adapter_dir, tmp_path_factory):
+    app = create_app(tiny, "tiny", adapters={"orlan": str(adapter_dir)}, batch_wait_ms=20,
+                     adapter_root=tmp_path_factory.getbasetemp())
     with running(app) as url:
         yield url, app
 
@@ -126,7 +127,7 @@ def test_adapters_that_cannot_be_read_are_refused(server, tmp_path):
 @pytest.mark.parametrize(("body", "words"), [
     ({"model": "tiny", "prompt": "x", "temperature": 5}, "temperature"),
     ({"model": "tiny"}, "prompt"),
-    ({"model": "tiny", "prompt": "x", "stream": True}, "streaming"),
+    ({"model": "tiny", "prompt": "x", "stream": True, "temperature": -1}, "temperature"),
     ({"model": "tiny", "prompt": []}, "empty"),
     ({"model": "tiny", "prompt": "x", "stop": [""]}, "stop"),
     ({"model": "tiny", "prompt": "x", "max_tokens": 5000}, "context"),
@@ -212,3 +213,69 @@ def test_a_request_that_went_away_is_dropped_and_the_worker_goes_on(tiny):
     finally:
         batcher.close()
     assert batcher.submit([raw("Orlan")], GREEDY_8).exception().status == 503
+
+
+# ---- streaming, with the openai package itself; runtime adapters behind a switch and a root
+
+def _openai(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["tiny", "orlan"])
+def test_the_openai_client_streams_what_it_gets_without_streaming(server, model):
+    url, _ = server
+    client = _openai(url)
+    whole = client.completions.create(model=model, prompt="Orlan Vesk built", max_tokens=12, temperature=0)
+    chunks = list(client.completions.create(model=model, prompt="Orlan Vesk built", max_tokens=12, temperature=0,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    messages = [{"role": "user", "content": "Who built the observatory?"}]
+    chat = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0)
+    pieces = list(client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0,
+                                                 stream=True))
+    assert "".join(p.choices[0].delta.content or "" for p in pieces) == chat.choices[0].message.content
+    assert pieces[0].object == "chat.completion.chunk" and pieces[0].choices[0].delta.role == "assistant"
+
+
+def test_a_streamed_stop_string_is_never_sent(server):
+    url, _ = server
+    client = _openai(url)
+    whole = client.completions.create(model="tiny", prompt="Orlan", max_tokens=30, temperature=0)
+    text = whole.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2] or "x"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Orlan", max_tokens=30, temperature=0, stop=[stop], stream=True))
+    assert streamed == text[: text.find(stop)] if stop in text else streamed == text
+
+
+def test_runtime_adapters_are_off_unless_allowed_and_only_from_under_the_root(tiny, adapter_dir, tmp_path):
+    with running(create_app(tiny, "tiny")) as url:
+        answer = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(adapter_dir)})
+        assert answer.status_code == 403 and "--adapter_root" in answer.json()["error"]["message"]
+        assert httpx.get(f"{url}/v1/models").status_code == 200  # still serving
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    (root / "link").symlink_to(adapter_dir, target_is_directory=True)
+    with running(create_app(tiny, "tiny", adapter_root=root)) as url:
+        for path in (str(adapter_dir), str(root / "inside" / ".." / ".." / adapter_dir.name), str(root / "link")):
+            answer = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": path})
+            assert answer.status_code == 403 and "outside the adapter root" in answer.json()["error"]["message"]
+        inside = root / "inside" / "orlan"
+        save_adapter(tiny.model, load_adapter(adapter_dir), inside)
+        assert httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(inside)}
+                          ).status_code == 200
+
+
+def test_serve_options_are_checked_and_the_key_can_come_from_a_file(tmp_path, capsys):
+    from seal_lm.cli import ServeConfig, main
+
+    assert main(["serve", "--allow_runtime_adapters", "true"]) == 2
+    assert "allow_runtime_adapters and adapter_root go together" in capsys.readouterr().err
+    (tmp_path / "key").write_text("sekret\n")
+    assert ServeConfig(api_key_file=str(tmp_path / "key")).key() == "sekret"
+    with pytest.raises(SealError, match="cannot read"):
+        ServeConfig(api_key_file=str(tmp_path / "nope")).key()

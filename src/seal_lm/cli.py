@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from seal_lm.config import (
+    ConfigError,
     as_dict,
     at_least,
     checked,
@@ -59,12 +60,34 @@ class ServeConfig:
     """port"""
     api_key: str | None = None
     """require 'Authorization: Bearer KEY' on every request (default: $SEAL_API_KEY, else none)"""
+    api_key_file: str | None = None
+    """read the API key from this file instead, so that it never shows in the process list"""
     max_batch: int = 32
     """most prompts generated together"""
+    allow_runtime_adapters: bool = False
+    """let clients load adapters with /v1/load_lora_adapter (only from under adapter_root)"""
+    adapter_root: str | None = None
+    """the directory runtime adapters must lie under (symbolic links and .. resolved first)"""
 
     def validate(self) -> None:
         at_least("max_batch", self.max_batch, 1)
         self.model.validate("model")
+        if self.allow_runtime_adapters != (self.adapter_root is not None):
+            raise ConfigError("adapter_root", "allow_runtime_adapters and adapter_root go together: runtime "
+                                              "adapters are only loaded from under adapter_root")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ConfigError("api_key_file", "give api_key or api_key_file, not both")
+
+    def key(self) -> str | None:
+        if self.api_key_file is None:
+            return self.api_key
+        try:
+            key = Path(self.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SealError(f"api_key_file {self.api_key_file}: cannot read ({exc.strerror})") from None
+        if not key:
+            raise SealError(f"api_key_file {self.api_key_file}: the file is empty")
+        return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,11 +246,12 @@ def _serve(args: list[str]) -> int:
         if name in adapters:
             raise SealError(f"adapters: {name} is given twice")
         adapters[name] = path
-    if config.api_key is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+    api_key = config.key()
+    if api_key is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"seal serve: warning: listening on {config.host} without an API key", file=sys.stderr)
     loaded = load_model(config.model)
-    serve(loaded, loaded.name, host=config.host, port=config.port, adapters=adapters, api_key=config.api_key,
-          max_batch=config.max_batch)
+    serve(loaded, loaded.name, host=config.host, port=config.port, adapters=adapters, api_key=api_key,
+          max_batch=config.max_batch, adapter_root=config.adapter_root)
     return 0
 
 

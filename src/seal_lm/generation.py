@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from seal_lm.adapters import Adapter, applied
 from seal_lm.config import ConfigError, at_least
@@ -126,8 +127,11 @@ class HFGenerator:
         return render_prompt(self.loaded, prompt, self._chat)
 
     def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams, adapters: AdapterChoice = None
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapters: AdapterChoice = None,
+        on_text: TextCallback | None = None,
     ) -> list[list[str]]:
+        """`n` completions per prompt; `on_text(prompt, sample, text)` is called after every decoding step with
+        the text of that completion so far that can no longer change (for streaming)."""
         if not prompts:
             return []
         per_prompt = adapters_per_prompt(adapters, len(prompts))
@@ -142,12 +146,15 @@ class HFGenerator:
             slot = {id(a): k for k, a in enumerate(distinct)}
             ids = [slot[id(per_prompt[i])] if per_prompt[i] is not None else -1 for i in batch]
             with applied(self.loaded.model, distinct) as lora:
-                completions = self._generate_batch([encoded[i] for i in batch], params, lora, ids)
+                completions = self._generate_batch([encoded[i] for i in batch], params, lora, ids,
+                                                   _Progress(self.loaded.tokenizer, batch, params, on_text)
+                                                   if on_text else None)
             for i, outs in zip(batch, completions):
                 results[i] = outs
         return results
 
-    def _generate_batch(self, token_ids: list[list[int]], params: SamplingParams, lora, adapter_ids: list[int]) -> list[list[str]]:
+    def _generate_batch(self, token_ids: list[list[int]], params: SamplingParams, lora, adapter_ids: list[int],
+                        streamer: _Progress | None = None) -> list[list[str]]:
         tokenizer = self.loaded.tokenizer
         width = max(len(ids) for ids in token_ids)
         pad = tokenizer.pad_token_id
@@ -167,6 +174,8 @@ class HFGenerator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        if streamer is not None:
+            kwargs.update(streamer=streamer)
         device = self.loaded.device
         if lora is not None:  # generate() repeats each row n times, next to each other
             lora.route(RowRouting(torch.tensor(adapter_ids, device=device).repeat_interleave(n)))
@@ -179,6 +188,38 @@ class HFGenerator:
         decoded = [_cut_at_stop(text, params.stop, params.include_stop) for text in decoded]
         grouped = [decoded[i * n : (i + 1) * n] for i in range(len(token_ids))]
         return [g * params.n if not sampling else g for g in grouped]
+
+
+TextCallback = Callable[[int, int, str], None]
+
+
+class _Progress(BaseStreamer):
+    """A `generate()` streamer for a whole batch: after each step, the text of every completion so far, cut at
+    a stop string and holding back what could still become one, passed to `on_text` (prompt, sample, text)."""
+
+    def __init__(self, tokenizer, prompts: list[int], params: SamplingParams, on_text: TextCallback):
+        self.tokenizer, self.prompts, self.params, self.on_text = tokenizer, prompts, params, on_text
+        self.sampled = params.temperature > 0
+        self.width = params.n if self.sampled else 1  # rows per prompt; greedy rows serve every sample
+        self.tokens: list[list[int]] | None = None  # None until the prompt itself has been put
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.tokens is None:
+            self.tokens = [[] for _ in range(value.shape[0])]
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            self.tokens[row].append(token)
+        for row, tokens in enumerate(self.tokens):
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            cut = _cut_at_stop(text, self.params.stop, self.params.include_stop)
+            safe = cut if len(cut) < len(text) else text[: len(text) - self.hold].rstrip("\ufffd")
+            prompt = self.prompts[row // self.width]
+            for sample in ([row % self.width] if self.sampled else range(self.params.n)):
+                self.on_text(prompt, sample, safe)
+
+    def end(self) -> None:
+        pass
 
 
 BACKENDS = ("auto", "hf", "vllm")

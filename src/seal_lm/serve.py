@@ -11,9 +11,9 @@ Throughput comes from batching across requests: handlers only queue work, and on
 those of a direct `HFGenerator` call. A request with a `seed` runs in a call of its own, so its
 samples do not depend on what else the server is doing.
 
-Not supported (answered 400): streaming, logprobs, echo, suffix, token-id prompts.
-Note: `load_lora_adapter` reads a directory on the server's disk; bind to 127.0.0.1 (the default)
-or set an API key before exposing the server.
+Streaming (`stream: true`) sends server-sent events as the OpenAI API does. Not supported (answered
+400): logprobs, echo, suffix, token-id prompts. `load_lora_adapter` is off unless an adapter root is
+given, and then reads only directories under it.
 """
 
 from __future__ import annotations
@@ -21,26 +21,28 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import json
 import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import astuple, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seal_lm.adapters import Adapter, load_adapter
 from seal_lm.errors import SealError
-from seal_lm.generation import HFGenerator, Prompt, SamplingParams, encode_prompt
+from seal_lm.generation import HFGenerator, Prompt, SamplingParams, TextCallback, encode_prompt
 from seal_lm.models import LoadedModel
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -83,6 +85,7 @@ class _Job:
     chat: bool
     alone: bool  # seeded, or an adapter check: never shares a generate call
     serial: int
+    on_text: TextCallback | None = None  # streaming: (prompt, sample, text so far) after every decoding step
     future: Future = field(default_factory=Future)
 
 
@@ -123,9 +126,10 @@ class Batcher:
         self._thread.start()
 
     def submit(self, prompts: Sequence[Prompt], params: SamplingParams, adapter: Adapter | None = None,
-               chat: bool = False, alone: bool = False) -> Future:
-        """Queue one request; the future gives a `JobResult` (or raises ApiError / the model's error)."""
-        job = _Job(list(prompts), params, adapter, chat, alone or params.seed is not None, next(self._serial))
+               chat: bool = False, alone: bool = False, on_text: TextCallback | None = None) -> Future:
+        """Queue one request; the future gives a `JobResult` (or raises ApiError / the model's error).
+        `on_text` is called from the worker thread as the completions grow."""
+        job = _Job(list(prompts), params, adapter, chat, alone or params.seed is not None, next(self._serial), on_text)
         with self._lock:
             if self._closed:
                 job.future.set_exception(_shutting_down())
@@ -199,7 +203,16 @@ class Batcher:
             return
         prompts = [p for job, _ in ready for p in job.prompts]
         adapters = [job.adapter for job, _ in ready for _ in job.prompts]
-        outputs = self._generators[ready[0][0].chat].generate(prompts, ready[0][0].params, adapters)
+        owners = [(job, i) for job, _ in ready for i in range(len(job.prompts))]
+
+        def on_text(prompt: int, sample: int, text: str) -> None:
+            job, i = owners[prompt]
+            if job.on_text is not None:
+                job.on_text(i, sample, text)
+
+        streaming = any(job.on_text is not None for job, _ in ready)
+        outputs = self._generators[ready[0][0].chat].generate(prompts, ready[0][0].params, adapters,
+                                                              on_text if streaming else None)
         self.stats.generate_calls += 1
         self.stats.prompts += len(prompts)
         self.stats.largest_call = max(self.stats.largest_call, len(prompts))
@@ -249,8 +262,6 @@ class _Body(BaseModel):
     include_stop_str_in_output: bool = False  # vLLM's extension
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
-        if self.stream:
-            raise _bad("streaming is not supported by this server; send stream=false")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if any(not s for s in stop):
             raise _bad("stop strings must not be empty")
@@ -312,6 +323,10 @@ class UnloadLoraBody(BaseModel):
 # ---------------------------------------------------------------- the app
 
 
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
 def _finish_reason(tokens: int, params: SamplingParams) -> str:
     """"length" when the (re-tokenised) completion used the whole budget, else "stop"."""
     return "length" if tokens >= params.max_new_tokens else "stop"
@@ -355,9 +370,13 @@ def _is_type_name(part: str) -> bool:
 
 
 def create_app(loaded: LoadedModel, model_name: str, adapters: dict[str, str] | None = None,
-               api_key: str | None = None, max_batch: int = 32, batch_wait_ms: float = 5.0) -> FastAPI:
+               api_key: str | None = None, max_batch: int = 32, batch_wait_ms: float = 5.0,
+               adapter_root: str | Path | None = None) -> FastAPI:
     """The server's FastAPI app; the worker thread starts now and stops with the app's lifespan.
-    `adapters` maps names to PEFT adapter directories, loaded (and checked against the model) now."""
+    `adapters` maps names to PEFT adapter directories, loaded (and checked against the model) now.
+    `adapter_root` set turns on loading adapters at run time, only from directories under it (as vLLM keeps
+    runtime LoRA loading behind VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
+    root = Path(adapter_root).resolve() if adapter_root is not None else None
     batcher = Batcher(loaded, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     created = int(time.time())
     registry: dict[str, tuple[Adapter, str]] = {}  # name -> (adapter, path); touched only on the event loop
@@ -446,10 +465,53 @@ def create_app(loaded: LoadedModel, model_name: str, adapters: dict[str, str] | 
                  "parent": model_name} for name, (_, path) in registry.items()]
         return {"object": "list", "data": [base, *lora]}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody) -> dict[str, Any]:
+    def streamed(prompts: list[Prompt], params: SamplingParams, adapter: Adapter | None, chat: bool,
+                 chunk: Callable[[int, str, str | None], dict[str, Any]]) -> StreamingResponse:
+        """Server-sent events as OpenAI streams them: one chunk per piece of new text of a choice, a last one
+        per choice with its finish reason, then [DONE]. Pieces arrive as the batch that holds the request
+        decodes; the last chunk completes each choice to exactly the non-streamed text."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple] = asyncio.Queue()
+        future = batcher.submit(prompts, params, adapter, chat,
+                                on_text=lambda i, j, text: loop.call_soon_threadsafe(queue.put_nowait, (i, j, text)))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, ()))
+
+        async def events() -> AsyncIterator[str]:
+            sent: dict[tuple[int, int], str] = {}
+            try:
+                while item := await queue.get():
+                    i, j, text = item
+                    old = sent.get((i, j), "")
+                    if len(text) > len(old) and text.startswith(old):
+                        sent[(i, j)] = text
+                        yield _event(chunk(i * params.n + j, text[len(old):], None))
+                try:
+                    result = future.result()
+                except Exception as exc:  # the request failed in the worker: the error as the last event
+                    error = exc if isinstance(exc, ApiError) else ApiError(500, _one_line(exc), "internal_error",
+                                                                          "server_error")
+                    yield _event({"error": {"message": error.message, "type": error.kind, "param": None,
+                                            "code": error.code}})
+                    return
+                for i, (outs, counts) in enumerate(zip(result.completions, result.completion_tokens)):
+                    for j, (text, tokens) in enumerate(zip(outs, counts)):
+                        old = sent.get((i, j), "")
+                        rest = text[len(old):] if text.startswith(old) else ""
+                        yield _event(chunk(i * params.n + j, rest, _finish_reason(tokens, params)))
+                yield "data: [DONE]\n\n"
+            finally:
+                future.cancel()  # a client that went away frees its place in the queue
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionBody) -> dict[str, Any] | StreamingResponse:
         adapter = pick(body.model)
         params = body.sampling(COMPLETIONS_DEFAULT_MAX_TOKENS)
+        if body.stream:
+            top = head("text_completion", "cmpl", body.model)
+            return streamed(body.prompts(), params, adapter, False, lambda index, text, finish: {
+                **top, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]})
         result = await run(body.prompts(), params, adapter, chat=False)
         choices = [{"index": i * params.n + j, "text": text, "logprobs": None,
                     "finish_reason": _finish_reason(tokens, params)}
@@ -457,12 +519,17 @@ def create_app(loaded: LoadedModel, model_name: str, adapters: dict[str, str] | 
                    for j, (text, tokens) in enumerate(zip(outs, counts))]
         return {**head("text_completion", "cmpl", body.model), "choices": choices, "usage": _usage(result)}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatBody) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatBody) -> dict[str, Any] | StreamingResponse:
         adapter = pick(body.model)
         if not loaded.has_chat_template:
             raise _bad(f"model {model_name} has no chat template; use /v1/completions")
         params = body.sampling(CHAT_DEFAULT_MAX_TOKENS)
+        if body.stream:
+            top = head("chat.completion.chunk", "chatcmpl", body.model)
+            return streamed([body.prompt()], params, adapter, True, lambda index, text, finish: {
+                **top, "choices": [{"index": index, "delta": {"role": "assistant", "content": text}, "logprobs": None,
+                                    "finish_reason": finish}]})
         result = await run([body.prompt()], params, adapter, chat=True)
         choices = [{"index": j, "message": {"role": "assistant", "content": text}, "logprobs": None,
                     "finish_reason": _finish_reason(tokens, params)}
@@ -471,6 +538,12 @@ def create_app(loaded: LoadedModel, model_name: str, adapters: dict[str, str] | 
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora(body: LoadLoraBody) -> PlainTextResponse:
+        if root is None:
+            raise ApiError(403, "loading adapters at run time is off: start seal serve with --adapter_root DIR",
+                           "forbidden", "permission_error")
+        if not Path(body.lora_path).resolve().is_relative_to(root):  # `..` and symbolic links resolved first
+            raise ApiError(403, f"lora_path {body.lora_path} is outside the adapter root {root}", "forbidden",
+                           "permission_error")
         if body.lora_name in registry:
             raise _bad(f"adapter '{body.lora_name}' is already loaded; unload it first")
         adapter = await asyncio.to_thread(read_adapter, body.lora_name, body.lora_path)
@@ -520,10 +593,10 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeou
 
 def serve(loaded: LoadedModel, model_name: str, host: str = "127.0.0.1", port: int = 8000,
           adapters: dict[str, str] | None = None, api_key: str | None = None, max_batch: int = 32,
-          batch_wait_ms: float = 5.0) -> None:
+          batch_wait_ms: float = 5.0, adapter_root: str | None = None) -> None:
     """Run the server in the foreground until interrupted (Ctrl-C)."""
     import uvicorn
 
     app = create_app(loaded, model_name, adapters=adapters, api_key=api_key, max_batch=max_batch,
-                     batch_wait_ms=batch_wait_ms)
+                     batch_wait_ms=batch_wait_ms, adapter_root=adapter_root)
     uvicorn.run(app, host=host, port=port, log_level="info")
