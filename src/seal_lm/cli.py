@@ -32,6 +32,7 @@ from seal_lm.config import (
 )
 from seal_lm.errors import SealError
 from seal_lm.models import ModelSettings
+from seal_lm.tracking import REPORT_TO
 
 COMMANDS = {
     "eval": ("a domain's table before RL: knowledge base / passage / passage + self-edit (/ teacher); ARC icl / ttt "
@@ -171,28 +172,34 @@ def _run_recipe(command: str, args: list[str]) -> int:
 
 def _run(command: str, domain: Any, out: Path, progress: bool, namespace: Any) -> int:
     from seal_lm.report.terminal import print_adapt, print_eval_table, print_forgetting, print_rounds
+    from seal_lm.runs import run_config
+    from seal_lm.tracking import make_tracker
 
-    if command in ("eval", "demo"):
-        from seal_lm.recipes.eval import run_eval
+    _require(domain, {"continual": "sequence_contexts", "adapt": "load_documents"}.get(command, "evaluate"), command)
+    tracker = make_tracker(namespace.report_to, out, run_config(command, domain.name, domain.config))
+    try:
+        if command in ("eval", "demo"):
+            from seal_lm.recipes.eval import run_eval
 
-        print_eval_table(run_eval(domain, out, progress, command))
-    elif command == "train":
-        from seal_lm.executors import ExecutorSettings
-        from seal_lm.recipes.rest_em import run_rest_em
+            print_eval_table(run_eval(domain, out, progress, command, tracker=tracker))
+        elif command == "train":
+            from seal_lm.executors import ExecutorSettings
+            from seal_lm.recipes.rest_em import run_rest_em
 
-        summary = run_rest_em(domain, out, progress, ExecutorSettings(**namespace.executor.as_dict()))
-        print_eval_table(summary)
-        print_rounds(summary)
-    elif command == "continual":
-        from seal_lm.recipes.continual import run_continual
+            summary = run_rest_em(domain, out, progress, ExecutorSettings(**namespace.executor.as_dict()),
+                                  tracker=tracker)
+            print_eval_table(summary)
+            print_rounds(summary)
+        elif command == "continual":
+            from seal_lm.recipes.continual import run_continual
 
-        _require(domain, "sequence_contexts", command)
-        print_forgetting(run_continual(domain, out, progress))
-    else:
-        from seal_lm.recipes.adapt import run_adapt
+            print_forgetting(run_continual(domain, out, progress, tracker=tracker))
+        else:
+            from seal_lm.recipes.adapt import run_adapt
 
-        _require(domain, "load_documents", command)
-        print_adapt(run_adapt(domain, out, progress))
+            print_adapt(run_adapt(domain, out, progress, tracker=tracker))
+    finally:
+        tracker.close()
     print(f"run directory: {out}  (seal report {out} draws the plots)")
     return 0
 
@@ -214,6 +221,9 @@ def _add_run_options(parser: Any, command: str, domain: str, domains: list[str])
                                      "same config is resumed")
     group.add_argument("--no_progress", "--no-progress", action="store_true", help="hide progress bars")
     group.add_argument("-v", "--verbose", action="store_true", help="log details")
+    group.add_argument("--report_to", "--report-to", default="none", choices=REPORT_TO,
+                       help="experiment tracking, as TRL's report_to: losses, rewards, accuracies with intervals and "
+                            "timings, logged under the run directory (each backend an extra: seal-lm[tensorboard] ...)")
     if command in ("eval", "demo", "train"):
         from seal_lm.generation import BACKENDS
 

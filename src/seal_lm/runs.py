@@ -29,6 +29,7 @@ from seal_lm import __version__
 from seal_lm.config import as_dict
 from seal_lm.errors import SealError
 from seal_lm.records import Record, RecordTypes, append_jsonl, read_records
+from seal_lm.tracking import Tracker
 
 CONFIG_FILE = "config.json"
 RUNTIME_FILE = "runtime.json"
@@ -97,7 +98,9 @@ def one_writer(recipe: Callable[..., Any]) -> Callable[..., Any]:
 class RunDir:
     """A run's directory. `records` holds what finished before, including in an earlier process."""
 
-    def __init__(self, path: str | Path, config: dict[str, Any], types: RecordTypes):
+    def __init__(self, path: str | Path, config: dict[str, Any], types: RecordTypes, tracker: Tracker | None = None):
+        """`tracker` (seal_lm.tracking) sees every record appended and every summary written from now on."""
+        self.tracker = tracker or Tracker()
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.types = types
@@ -125,10 +128,12 @@ class RunDir:
     def append(self, record: Record) -> None:
         append_jsonl(self.path / RESULTS_FILE, [record.to_json()])
         self.records.append(record)
+        self.tracker.on_record(record)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.path / SUMMARY_FILE
         _write_atomic(path, json.dumps(summary, indent=2, default=str))
+        self.tracker.on_summary(summary)
         return path
 
     def note_runtime(self, info: dict[str, Any]) -> None:

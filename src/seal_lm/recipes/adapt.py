@@ -22,12 +22,14 @@ from seal_lm.generation import HFGenerator
 from seal_lm.models import display_name, load_model
 from seal_lm.recipes.continual import ContinualRunner, read_general_prompts
 from seal_lm.records import SelfCheckBeforeRecord, SelfCheckQuestionsRecord, StepRecord, record_types
+from seal_lm.tracking import Tracker
 from seal_lm.runs import RunDir, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
 
 @one_writer
-def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = True,
+              tracker: Tracker | None = None) -> dict[str, Any]:
     """Learn every document in turn, save the result, and return the summary (also written to `out`)."""
     settings = domain.adapt
     if not settings.documents:
@@ -38,7 +40,7 @@ def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = Tr
         read_general_prompts(domain.continual.guard_settings.general_prompts)
     documents = domain.load_documents(settings.documents)
     run = RunDir(out, run_config("adapt", domain.name, domain.config),
-                 record_types(SelfCheckQuestionsRecord, SelfCheckBeforeRecord, StepRecord))
+                 record_types(SelfCheckQuestionsRecord, SelfCheckBeforeRecord, StepRecord), tracker)
     loaded = load_model(domain.config.model)
     run.note_runtime(runtime_info(loaded, "hf"))
     questions = next(iter(run.of(SelfCheckQuestionsRecord)), None)

@@ -36,6 +36,7 @@ from seal_lm.generation import GREEDY, HFGenerator, Prompt
 from seal_lm.inner_loop import LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, display_name, load_model
 from seal_lm.records import StepRecord, record_types
+from seal_lm.tracking import Tracker
 from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
@@ -227,13 +228,14 @@ def summarize(records: Sequence[Any], domain: SequentialDomain, n: int) -> dict[
 
 
 @one_writer
-def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
+def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool = True,
+                  tracker: Tracker | None = None) -> dict[str, Any]:
     """Every variant and order, resumable; returns the summary also written to the run directory."""
     settings = domain.continual
     if settings.guard_settings.general_prompts:
         read_general_prompts(settings.guard_settings.general_prompts)  # a bad file fails before any work
     contexts = domain.sequence_contexts()  # the pool: each sequence learns `passages` of them
-    run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord))
+    run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord), tracker)
     variants = settings.variants()
     total = len(variants) * settings.orders * settings.passages
     finished = len(run.of(StepRecord))

@@ -37,6 +37,7 @@ from seal_lm.generation import backend_name, make_generator
 from seal_lm.inner_loop import Example, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
+from seal_lm.tracking import Tracker
 from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
 
 
@@ -69,12 +70,12 @@ def _score_group(domain: Domain, repeats: int, model: LoadedModel, payload: tupl
 
 @one_writer
 def run_rest_em(domain: Domain, out: str | Path, show_progress: bool = True,
-                executor: ExecutorSettings | None = None) -> dict[str, Any]:
+                executor: ExecutorSettings | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
     """Run (or resume) all rounds into `out`; return the summary that is also written there. The rewards'
     inner loops run on `executor` (default: in this process); everything else runs here."""
     settings, model_settings, seed = domain.config.rest_em, domain.config.model, domain.config.seed
     run = RunDir(out, run_config("train", domain.name, domain.config),
-                 record_types(domain.eval_record, RolloutRecord, PolicyUpdateRecord))
+                 record_types(domain.eval_record, RolloutRecord, PolicyUpdateRecord), tracker)
     domain.training_contexts()  # a bad training set fails before any work
     executor_ = (executor or ExecutorSettings()).create()
     try:
