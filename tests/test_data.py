@@ -51,3 +51,45 @@ def test_malformed_files_give_one_line_errors_naming_file_and_field(tmp_path, co
 def test_missing_file(tmp_path):
     with pytest.raises(SealError, match="data file not found"):
         load_passages(tmp_path / "nope.json")
+
+
+# ---- tables read with `datasets`: .jsonl, .parquet, .csv and save_to_disk folders
+
+def _rows():
+    return [{"title": "Marrowgate", "context": "Orlan Vesk built it in 1902.", "question": "Who built it?",
+             "answers": {"text": ["Orlan Vesk", "Vesk"], "answer_start": [0, 6]}},
+            {"title": "Marrowgate", "context": "Orlan Vesk built it in 1902.", "question": "When?",
+             "answers": {"text": ["1902"], "answer_start": [23]}},
+            {"title": "Loom_town", "context": "The loom has nine shuttles.", "question": "How many shuttles?",
+             "answers": {"text": ["nine"], "answer_start": [12]}}]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "csv", "save_to_disk"])
+def test_tables_in_every_format_give_the_same_passages(tmp_path, kind):
+    import datasets
+
+    rows = _rows()
+    if kind == "csv":  # a csv cell is a string: one answer per row
+        rows = [{**r, "answers": r["answers"]["text"][0]} for r in rows]
+    table = datasets.Dataset.from_list(rows)
+    path = tmp_path / ("data" if kind == "save_to_disk" else f"data.{kind}")
+    {"jsonl": lambda: table.to_json(str(path)), "parquet": lambda: table.to_parquet(str(path)),
+     "csv": lambda: table.to_csv(str(path), index=False), "save_to_disk": lambda: table.save_to_disk(str(path))}[kind]()
+    passages = load_passages(path)
+    assert [p.title for p in passages] == ["Marrowgate", "Loom town"]
+    assert [q.question for q in passages[0].questions] == ["Who built it?", "When?"]
+    assert passages[0].questions[0].answers == (("Orlan Vesk", "Vesk") if kind != "csv" else ("Orlan Vesk",))
+    assert passages[1].questions[0].answers == ("nine",)
+
+
+def test_columns_are_mapped_and_a_missing_one_is_named(tmp_path):
+    import datasets
+
+    from seal_lm.domains.knowledge.data import DataColumns
+
+    path = tmp_path / "qa.parquet"
+    datasets.Dataset.from_list([{"doc": "A", "text": "B is C.", "q": "What is B?", "a": "C"}]).to_parquet(str(path))
+    passages = load_passages(path, DataColumns(title="doc", context="text", question="q", answer="a"))
+    assert passages[0].title == "A" and passages[0].questions[0].answers == ("C",)
+    with pytest.raises(SealError, match=r"qa.parquet: no column title \(data_columns.title\) \(columns: doc, text, q, a\)"):
+        load_passages(path)

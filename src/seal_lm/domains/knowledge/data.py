@@ -40,10 +40,29 @@ class Passage:
         return hashlib.sha1(f"{self.title}\n{self.context}".encode()).hexdigest()[:12]
 
 
-def select_passages(path: str | None, demo_split: str, skip: int = 0, limit: int | None = None) -> list[Passage]:
-    """Passages from a file (or the demo corpus' split when `path` is None), minus the first `skip`,
-    at most `limit`; an empty selection is an error naming the source."""
-    passages = load_passages(path) if path else load_demo_corpus(demo_split)
+TABLE_SUFFIXES = {".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class DataColumns:
+    """Where the fields are in a table (.jsonl, .parquet or .csv, or a folder written by
+    `datasets.Dataset.save_to_disk`): one row per question; the rows of a passage share its title and context."""
+
+    title: str = "title"
+    """the passage's title"""
+    context: str = "context"
+    """the passage"""
+    question: str = "question"
+    """the question"""
+    answer: str = "answers"
+    """the gold answer(s): a string, a list of strings, or SQuAD's {"text": [...]} (the Hub's squad)"""
+
+
+def select_passages(path: str | None, demo_split: str, skip: int = 0, limit: int | None = None,
+                    columns: DataColumns | None = None) -> list[Passage]:
+    """Passages from a file or folder (or the demo corpus' split when `path` is None), minus the first
+    `skip`, at most `limit`; an empty selection is an error naming the source."""
+    passages = load_passages(path, columns or DataColumns()) if path else load_demo_corpus(demo_split)
     selected = passages[skip:][:limit] if limit else passages[skip:]
     if not selected:
         raise SealError(f"{path or f'demo corpus ({demo_split})'}: no passages selected "
@@ -51,9 +70,11 @@ def select_passages(path: str | None, demo_split: str, skip: int = 0, limit: int
     return selected
 
 
-def load_passages(path: str | Path) -> list[Passage]:
-    """Read a SEAL-grouping or SQuAD v1.1 JSON file."""
+def load_passages(path: str | Path, columns: DataColumns | None = None) -> list[Passage]:
+    """Read a SEAL-grouping or SQuAD v1.1 JSON file, or a table the `datasets` library reads (`load_table`)."""
     path = Path(path)
+    if path.is_dir() or path.suffix.lower() in TABLE_SUFFIXES:
+        return load_table(path, columns or DataColumns())
     if not path.is_file():
         raise SealError(f"data file not found: {path}")
     try:
@@ -69,6 +90,48 @@ def parse_passages(raw: Any, source: str) -> list[Passage]:
     if isinstance(raw, list):
         return [_parse_grouped(item, f"{source}: passage {i}") for i, item in enumerate(raw)]
     raise SealError(f"{source}: expected a list of passages (SEAL grouping) or an object with 'data' (SQuAD v1.1)")
+
+
+def load_table(path: Path, columns: DataColumns) -> list[Passage]:
+    """A .jsonl, .parquet or .csv file, or a `save_to_disk` folder, read with `datasets`, one row per question;
+    passages in the order their first question appears."""
+    import datasets
+
+    if not path.exists():
+        raise SealError(f"data file not found: {path}")
+    try:
+        if path.is_dir():
+            table = datasets.load_from_disk(str(path))
+            if isinstance(table, datasets.DatasetDict):
+                table = table[next(iter(table))]
+        else:
+            table = datasets.load_dataset(TABLE_SUFFIXES[path.suffix.lower()], data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many kinds; the message is what matters
+        raise SealError(f"{path}: cannot read it with datasets ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    wanted = {"title": columns.title, "context": columns.context, "question": columns.question,
+              "answer": columns.answer}
+    missing = [f"{column} (data_columns.{field})" for field, column in wanted.items() if column not in table.column_names]
+    if missing:
+        raise SealError(f"{path}: no column {missing[0]} (columns: {', '.join(table.column_names)})")
+    grouped: dict[tuple[str, str], list[Question]] = {}
+    for i, row in enumerate(table):
+        where = f"{path}: row {i}"
+        title, context, question = (row[wanted[k]] for k in ("title", "context", "question"))
+        for name, value in (("title", title), ("context", context), ("question", question)):
+            if not isinstance(value, str) or not value.strip():
+                raise SealError(f"{where}: column {wanted[name]} must be a non-empty string")
+        grouped.setdefault((title, context), []).append(Question(question, _answers(row[wanted["answer"]], where,
+                                                                                   wanted["answer"])))
+    return [Passage(title.replace("_", " "), context, tuple(qs)) for (title, context), qs in grouped.items()]
+
+
+def _answers(value: Any, where: str, column: str) -> tuple[str, ...]:
+    if isinstance(value, dict):
+        value = value.get("text")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise SealError(f"{where}: column {column} must hold an answer string, a list of them, or {{\"text\": [...]}}")
+    return tuple(dict.fromkeys(texts))
 
 
 def load_demo_corpus(split: str = "validation") -> list[Passage]:

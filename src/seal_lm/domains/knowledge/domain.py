@@ -25,7 +25,7 @@ from seal_lm.domain import (
     paired_differences,
     summary,
 )
-from seal_lm.domains.knowledge.data import Passage, Question, load_documents, select_passages
+from seal_lm.domains.knowledge.data import DataColumns, Passage, Question, load_documents, select_passages
 from seal_lm.domains.knowledge.evaluation import (
     CONDITIONS,
     PassageEval,
@@ -116,7 +116,10 @@ class KnowledgeConfig:
     """Knowledge incorporation: every setting of `seal eval`, `seal train`, `seal continual` and `seal adapt`."""
 
     data: str | None = None
-    """held-out passages: SEAL grouping or SQuAD v1.1 JSON (null: the demo corpus' validation split)"""
+    """held-out passages: SEAL grouping or SQuAD v1.1 JSON, a .jsonl, .parquet or .csv table or a datasets folder
+    (see data_columns); null: the demo corpus' validation split"""
+    data_columns: DataColumns = field(default_factory=DataColumns)
+    """for tables: which columns hold the title, context, question and answer (data and train_data alike)"""
     skip: int = 0
     """leave out the first N passages (e.g. those a training run learns from)"""
     limit: int | None = None
@@ -237,7 +240,7 @@ class KnowledgeDomain:
     def eval_passages(self) -> list[Passage]:
         if self._eval_passages is None:
             self._eval_passages = select_passages(self.config.data, "validation", self.config.skip,
-                                                  self.config.limit)
+                                                  self.config.limit, self.config.data_columns)
         return self._eval_passages
 
     def evaluate(self, model: LoadedModel, round_: int, run: RunDir, show_progress: bool) -> None:
@@ -269,7 +272,7 @@ class KnowledgeDomain:
                             "configure judge.model or judge.url to have held-out answers judged as well")
         if self._train_passages is None:
             self._train_passages = select_passages(self.config.train_data, "train", self.config.train_skip,
-                                                   self.config.train_limit)
+                                                   self.config.train_limit, self.config.data_columns)
         return self._train_passages
 
     def self_edit_prompt(self, context: Passage) -> Prompt:
@@ -320,7 +323,8 @@ class KnowledgeDomain:
 
     def sequence_contexts(self) -> list[Passage]:
         """The passages sequences are made of: all of the data after `skip` (up to `limit`)."""
-        passages = select_passages(self.config.data, "validation", self.config.skip, self.config.limit)
+        passages = select_passages(self.config.data, "validation", self.config.skip, self.config.limit,
+                                   self.config.data_columns)
         if len(passages) < max(2, self.continual.passages):
             raise SealError(f"{self.config.data or 'demo corpus'}: continual learning of {self.continual.passages} "
                             f"passages needs that many (and at least 2), it has {len(passages)}")
