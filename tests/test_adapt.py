@@ -67,7 +67,11 @@ def test_adapt_saves_one_peft_adapter_and_prints_what_was_learned(tiny_model_dir
              if json.loads(line)["kind"] == "step"]
     assert [s["step"] for s in steps] == [0, 1, 2, 3]
     assert main(["report", str(out)]) == 0
-    assert "What was learned" in (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert "What was learned" in page and "Self-check questions and answers" in page
+    before = next(json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
+                  if json.loads(line)["kind"] == "self-check-before")
+    assert all(q["question"] and "prediction" in q for qs in before["answers"] for q in qs)
     assert main(["adapt", "--resume", str(out), "--no-progress"]) == 0  # finished: nothing redone
     assert sum(json.loads(line)["kind"] == "step" for line in (out / "results.jsonl").read_text().splitlines()) == 4
 

@@ -100,6 +100,7 @@ def test_the_guard_retries_or_refuses_updates_that_change_general_answers_and_re
         assert second["learning_rate"] == 0.05 * 0.3
     assert "Forgetting matrix, guard" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0  # both heatmaps side by side, and the guard's decisions
+    assert "Questions before forgetting and after" in (out / "report" / "index.html").read_text()
     page = (out / "report" / "index.html").read_text()
     assert "Forgetting matrix" in page and "Guard decisions" in page and "refused" in page
     assert (out / "report" / "forgetting.png").stat().st_size > 1000

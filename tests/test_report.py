@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -120,6 +121,19 @@ def test_model_output_and_titles_are_escaped(train_run):
     completion = first["self_edits"][0]["completion"]
     assert (completion.strip() == "" or
             completion.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:20] in examples)
+
+
+def test_every_passage_shows_its_self_edits_sequences_and_each_conditions_answers(train_run):
+    out, page = train_run
+    section = _section(page, "passages")
+    records = [r for r in _lines(out) if r["kind"] == "eval"]
+    for r in records:
+        for q in r["questions"]:
+            assert html.escape(q["predictions"][0], quote=True) in section
+        for training in r.get("training", []):
+            assert html.escape(training["sequences"][0], quote=True) in section
+    assert section.count("<details><summary><b>") == len({r["context_id"] for r in records})
+    assert "SEAL round 2" in section and "(right)" in section or "(wrong)" in section
 
 
 def test_a_run_cut_by_a_kill_is_reported_from_what_it_has(train_run, tmp_path):

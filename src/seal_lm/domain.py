@@ -254,8 +254,9 @@ class SequentialDomain(Domain, Protocol):
 
     def write_update(self, generator: Generator, context: Any, seed: int) -> Update: ...
 
-    def closed_book_scores(self, generator: Generator, contexts: Sequence[Any]) -> list[list[float]]:
-        """Per context, the score of each of its items, with the model as it is now."""
+    def closed_book(self, generator: Generator, contexts: Sequence[Any]) -> list[list[dict[str, Any]]]:
+        """Per context, each of its items answered by the model as it is now: question, answers (the reference),
+        prediction, score."""
 
 
 class AdaptableDomain(SequentialDomain, Protocol):

@@ -105,6 +105,7 @@ class StepRecord(Record):
     scores: list[list[float]]  # per context seen so far, its items' scores
     accuracy: list[float | None]
     seconds: float
+    answers: list[list[dict[str, Any]]] = field(default_factory=list)  # per context seen so far: each item answered
 
 
 @dataclass
@@ -121,6 +122,7 @@ class SelfCheckBeforeRecord(Record):
 
     kind: ClassVar[str] = "self-check-before"
     scores: list[list[float]]
+    answers: list[list[dict[str, Any]]] = field(default_factory=list)  # per document: each question answered
 
 
 RecordTypes = Mapping[str, type[Record]]

@@ -52,7 +52,8 @@ def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = Tr
     runner = ContinualRunner(domain, loaded, documents, run, len(documents), "reorder")  # order 0: as given
     before = next(iter(run.of(SelfCheckBeforeRecord)), None)
     if before is None:
-        before = SelfCheckBeforeRecord(runner.closed_book_scores(documents))
+        answers = runner.closed_book(documents)
+        before = SelfCheckBeforeRecord([[q["score"] for q in qs] for qs in answers], answers)
         run.append(before)
     variant = "guard" if domain.continual.guard == "on" else "no-guard"
     with tqdm(total=len(documents), initial=len(run.of(StepRecord)), desc="adapting", unit="document",

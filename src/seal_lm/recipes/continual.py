@@ -123,19 +123,19 @@ class ContinualRunner:
         done = {r.step: r for r in self.run.of(StepRecord) if r.variant == variant and r.order == order}
         accepted = [load_adapter(self.adapter_dir(variant, order, s)) for s in sorted(done) if done[s].accepted]
         self.state.set(accepted)
-        previous = done[max(done)].scores if done else []
+        previous = done[max(done)].answers if done else []
         for step in range(len(sequence)):
             if step in done:
                 continue
             record = self._step(variant, order, step, sequence, accepted, previous)
-            previous = record.scores
+            previous = record.answers
             self.run.append(record)
             bar.update(1)
         return accepted
 
-    def closed_book_scores(self, contexts: Sequence[Any]) -> list[list[float]]:
-        """Closed-book scores of each context's items with the model as it is now."""
-        return self.domain.closed_book_scores(self.generator, contexts)
+    def closed_book(self, contexts: Sequence[Any]) -> list[list[dict[str, Any]]]:
+        """Each context's items answered closed-book by the model as it is now (with their scores)."""
+        return self.domain.closed_book(self.generator, contexts)
 
     def _general_answers(self) -> list[str]:
         """Greedy answers to the general prompts with the model as it is now."""
@@ -145,14 +145,14 @@ class ContinualRunner:
         return [outs[0] for outs in self.generator.generate(self.general, params)]
 
     def _step(self, variant: str, order: int, step: int, sequence: list[Any], accepted: list[Adapter],
-              previous: list[list[float]]) -> StepRecord:
+              previous: list[list[dict[str, Any]]]) -> StepRecord:
         started = time.perf_counter()
         context = sequence[step]
         seed = derived_seed(self.seed, "continual", order, step, context.id)
         guarded = variant == "guard"
-        # The model is as the previous step left it; `previous` holds its scores on the earlier contexts.
+        # The model is as the previous step left it; `previous` holds its answers on the earlier contexts.
         general_before = self._general_answers() if guarded else []
-        score_before = probe_score([s for qs in previous for s in qs], [True] * len(general_before))
+        score_before = probe_score([q["score"] for qs in previous for q in qs], [True] * len(general_before))
         update = self.domain.write_update(self.generator, context, seed)
         guard = self.settings.guard_settings
         attempts, learning_rate = [], self.domain.inner_loop.learning_rate
@@ -162,7 +162,8 @@ class ContinualRunner:
             settings = dataclasses.replace(self.domain.inner_loop, learning_rate=learning_rate, seed=seed + attempt)
             result, = self.updater.train([TrainJob(update.sequences, settings)])
             self.state.set([*accepted, result.adapter])
-            scores = self.closed_book_scores(sequence[: step + 1])  # the earlier contexts are the probe
+            answers = self.closed_book(sequence[: step + 1])  # the earlier contexts are the probe
+            scores = [[q["score"] for q in qs] for qs in answers]
             info: dict[str, Any] = {"learning_rate": learning_rate, "final_loss": result.epoch_losses[-1]}
             if guarded:
                 unchanged = [a == b for a, b in zip(self._general_answers(), general_before)]
@@ -179,7 +180,8 @@ class ContinualRunner:
             learning_rate *= guard.retry_factor
         if adapter is None:  # refused: back to the model before this update
             self.state.set(accepted)
-            scores = previous + self.closed_book_scores([context])
+            answers = previous + self.closed_book([context])
+            scores = [[q["score"] for q in qs] for qs in answers]
         else:
             save_adapter(self.loaded.model, adapter, self.adapter_dir(variant, order, step))
             accepted.append(adapter)
@@ -188,6 +190,7 @@ class ContinualRunner:
             order_ids=[c.id for c in sequence], self_edit=update.self_edit, attempts=attempts,
             accepted=adapter is not None, scores=scores,
             accuracy=[sum(qs) / len(qs) if qs else None for qs in scores], seconds=time.perf_counter() - started,
+            answers=answers,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from seal_lm.records import SelfCheckBeforeRecord, StepRecord
 from seal_lm.report.page import esc, estimate_text, section, table
 from seal_lm.report.plots import before_after_bars
 from seal_lm.report.run import Run
@@ -28,4 +29,26 @@ def learned_section(run: Run) -> str:
                    plot)
 
 
-SECTIONS = (learned_section,)
+def answers_section(run: Run) -> str:
+    """Per document: each self-check question with the model's own open-book answer (the reference) and its
+    closed-book answers before the first update and after the last."""
+    before = next(iter(run.of(SelfCheckBeforeRecord)), None)
+    steps = sorted(run.of(StepRecord), key=lambda r: r.step)
+    if before is None or not before.answers:
+        return ""
+    after = steps[-1].answers if steps and len(steps[-1].answers) == len(before.answers) else []
+    titles = [d["title"] for d in (run.summary or {}).get("documents", [])] or [str(i + 1) for i in range(len(before.answers))]
+    blocks = []
+    for i, (title, questions) in enumerate(zip(titles, before.answers)):
+        rows = []
+        for j, q in enumerate(questions):
+            later = after[i][j] if after else None
+            rows.append([esc(q["question"]), esc(" | ".join(q["answers"])), esc(f"{q['prediction']} ({q['score']:.2f})"),
+                         esc(f"{later['prediction']} ({later['score']:.2f})") if later else "\u2013"])
+        blocks.append(f"<h3>{esc(title)}</h3>\n" + table(["question", "reference (open-book)", "before", "after"],
+                                                         rows))
+    return section("self-check", "Self-check questions and answers", "Closed-book answers with their scores against "
+                   "the model's own open-book answer, before the first update and after the last.", *blocks)
+
+
+SECTIONS = (learned_section, answers_section)

@@ -35,4 +35,30 @@ def forgetting_section(run: Run) -> str:
     return section("forgetting", "Forgetting matrix", note, *parts)
 
 
-SECTIONS = (forgetting_section,)
+def probes_section(run: Run, max_orders: int = 2) -> str:
+    """For the first sequences: each context's questions with the closed-book answer right after its own
+    update and after the last update of the sequence."""
+    steps = [r for r in run.of(StepRecord) if r.answers]
+    blocks = []
+    for variant, order in sorted({(r.variant, r.order) for r in steps})[: max_orders * 2]:
+        mine = sorted((r for r in steps if r.variant == variant and r.order == order), key=lambda r: r.step)
+        if not mine:
+            continue
+        last = mine[-1]
+        rows = []
+        for position, record in enumerate(mine):
+            for j, q in enumerate(record.answers[position]):
+                final = last.answers[position][j] if position < len(last.answers) else None
+                rows.append([esc(position + 1), esc(record.title), esc(q["question"]), esc(" | ".join(q["answers"])),
+                             esc(f"{q['prediction']} ({q['score']:.2f})"),
+                             esc(f"{final['prediction']} ({final['score']:.2f})") if final else "\u2013"])
+        blocks.append(f"<h3>{esc(variant)}, order {order + 1} (after {len(mine)} updates)</h3>\n"
+                      + table(["learned", "title", "question", "gold", "right after its update", "after the last"],
+                              rows, {0}))
+    if not blocks:
+        return ""
+    return section("probes", "Questions before forgetting and after", "Each question's closed-book answer (with its "
+                   "score) right after its own context was learned, and after the last update.", *blocks)
+
+
+SECTIONS = (forgetting_section, probes_section)

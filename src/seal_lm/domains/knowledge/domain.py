@@ -335,9 +335,10 @@ class KnowledgeDomain:
         edit = write_self_edits(generator, [context], self.fmt, params, self.config.split)[0][0]
         return Update(edit.as_record(), training_sequences(context, [edit.parsed], self.config.split))
 
-    def closed_book_scores(self, generator: Generator, contexts: Sequence[Passage]) -> list[list[float]]:
+    def closed_book(self, generator: Generator, contexts: Sequence[Passage]) -> list[list[dict[str, Any]]]:
         graded = answer_questions(generator, contexts, None, self.config.question)
-        return [[q["scores"][self._grader_of(p)] for q in qs] for p, qs in zip(contexts, graded)]
+        return [[{"question": q["question"], "answers": q["answers"], "prediction": q["prediction"],
+                  "score": q["scores"][self._grader_of(p)]} for q in qs] for p, qs in zip(contexts, graded)]
 
     def _grader_of(self, passage: Passage) -> str:
         return self.document_grader if passage.id in self._documents else self.grader
