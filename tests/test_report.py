@@ -158,3 +158,32 @@ def test_not_a_run_directory(train_run, tmp_path, missing):
     with pytest.raises(SealError, match=re.escape(missing)) as info:
         write_report(copy)
     assert str(copy / missing) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_page_renders_in_headless_chromium_without_errors_and_every_image_loads(train_run):
+    """Debian's chromium and chromium-driver, through selenium; skipped where they are not installed."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("headless check needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="headless check needs selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    out, _ = train_run
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get((out / "report" / "index.html").resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    finally:
+        browser.quit()
+    assert len(images) == 5 and all(ok for ok, _ in images), images
+    assert errors == []
