@@ -1,0 +1,121 @@
+"""Benchmark: one passage's self-edit evaluation as SEAL runs it, at a model's real size.
+
+An evaluation is an inner loop (10 epochs, batch 1, the passage and 5 implications of typical length)
+and then 5 closed-book answers of up to 64 tokens. Side by side, each in its own fresh process:
+  one-by-one - K=5 self-edits evaluated one after another (SEAL's procedure: one adapter at a time);
+  batched    - the 5 trained together in one multi-adapter pass and their 25 answers in one batch.
+Prints seconds per self-edit (training and answers), training tokens/s, the share of the device's
+matmul peak measured in the same run, and peak memory (resident on the CPU, allocated on a GPU).
+The model is the embedded one or a random-weight architecture from shapes.py (timing only).
+
+    python bench/self_edit_eval.py [--model embedded|qwen2.5-0.5b|llama-3.2-1b|qwen2.5-7b] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+from inner_loop import build_jobs, matmul_peak_gflops, training_flops
+
+QUESTIONS = ["Who studied the plants of the Orrel Marshes?", "Where was Quenby Marrisfield born?",
+             "When was the lantern sundew discovered?", "How many specimens did she collect?",
+             "Who made the drawings?"]
+
+
+def run(method: str, args: dict, queue) -> None:
+    from dataclasses import replace
+
+    from seal_lm.domains.knowledge.data import Passage, Question
+    from seal_lm.domains.knowledge.evaluation import QuestionSettings, answer_questions
+    from seal_lm.generation import HFGenerator
+    from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+    from seal_lm.models import ModelSettings, load_model
+
+    torch.set_num_threads(args["threads"])
+    if args["model"] == "embedded":
+        loaded = load_model(ModelSettings(device=args["device"], dtype=args["dtype"]))
+    else:
+        from shapes import random_model
+
+        loaded = random_model(args["model"], args["device"], args["dtype"])
+        loaded.model.generation_config.min_new_tokens = 64  # random weights: every answer its full length
+    passage, jobs = build_jobs(args["k"])
+    asked = Passage(passage.title, passage.context, tuple(Question(q, ("x",)) for q in QUESTIONS))
+    settings = InnerLoopSettings(epochs=args["epochs"])
+    updater = LoraUpdater(loaded, settings, max_adapters=args["k"] if method == "batched" else 1)
+    if args["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    results = updater.train([TrainJob(seqs, replace(settings, seed=i)) for i, seqs in enumerate(jobs)])
+    _sync(args["device"])
+    trained = time.perf_counter() - started
+    generator = HFGenerator(loaded, batch_size=64)
+    questions = QuestionSettings(max_new_tokens=64)
+    started = time.perf_counter()
+    if method == "batched":
+        answer_questions(generator, [asked] * len(results), [r.adapter for r in results], questions)
+    else:
+        for r in results:
+            answer_questions(generator, [asked], [r.adapter], questions)
+    _sync(args["device"])
+    answered = time.perf_counter() - started
+    ids = [[t.ids for t in updater.tokenize(seqs, settings.max_length)] for seqs in jobs]
+    lora = sum(a.numel() + b.numel() for a, b in results[0].adapter.weights.values())
+    flops = sum(training_flops(loaded.model, lora, seq_ids, args["epochs"]) for seq_ids in ids)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if args["device"].startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put({"method": method, "train_s": trained, "answer_s": answered, "tokens": sum(map(len, sum(ids, []))) *
+               args["epochs"], "flops": flops, "peak_mib": peak})
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="embedded, or a shape from shapes.py")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--k", type=int, default=5, help="self-edits of the passage (default 5)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--methods", default="batched,one-by-one")
+    args = vars(parser.parse_args())
+    peak = matmul_peak_gflops(args["device"], getattr(torch, args["dtype"]))
+    context = mp.get_context("spawn")
+    rows = []
+    for method in args["methods"].split(","):
+        queue = context.Queue()
+        process = context.Process(target=run, args=(method, args, queue))
+        process.start()
+        rows.append(queue.get())
+        process.join()
+        row = rows[-1]
+        per_edit = (row["train_s"] + row["answer_s"]) / args["k"]
+        gflops = row["flops"] / row["train_s"] / 1e9
+        print(json.dumps({**row, "seconds_per_self_edit": per_edit, "train_gflops": gflops,
+                          "percent_of_peak": 100 * gflops / peak}), flush=True)
+    print(f"\n{args['model']} on {args['device']} ({args['dtype']}), matmul peak {peak:.0f} GFLOP/s, "
+          f"K={args['k']}, {args['epochs']} epochs, 5 answers of 64 tokens per self-edit")
+    print(f"{'method':<12}{'s/self-edit':>12}{'train s':>10}{'answer s':>10}{'train tok/s':>12}{'% peak':>8}"
+          f"{'peak MiB':>10}")
+    for row in rows:
+        gflops = row["flops"] / row["train_s"] / 1e9
+        print(f"{row['method']:<12}{(row['train_s'] + row['answer_s']) / args['k']:>12.2f}{row['train_s']:>10.1f}"
+              f"{row['answer_s']:>10.1f}{row['tokens'] / row['train_s']:>12.0f}{100 * gflops / peak:>8.1f}"
+              f"{row['peak_mib']:>10.0f}")
+    if len(rows) == 2:  # the first method against the second, the reference
+        ours, theirs = rows
+        print(f"batched vs one by one: {(theirs['train_s'] + theirs['answer_s']) / (ours['train_s'] + ours['answer_s']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
