@@ -103,3 +103,15 @@ def test_bfloat16_training_agrees_with_float32_within_seed_noise(test_device):
         assert bf16_curve[-1] < 0.3 * bf16_curve[0]  # it learns
     reward_noise = abs(fp32[1] - fp32_other[1])
     assert abs(fp32[1] - bf16[1]) <= max(2 * reward_noise, 1.0), (fp32[1], fp32_other[1], bf16[1])
+
+
+@pytest.mark.slow
+def test_open_book_self_qa_answers_its_own_questions_with_the_passage_in_view(embedded):
+    from seal_lm.domains.knowledge.evaluation import parse_all
+    from seal_lm.domains.knowledge.formats import get_format
+
+    passage = load_demo_corpus("validation")[0]
+    completion = "1. Who was Quenby Marrisfield?\n2. Where was she born?"
+    (parsed,), = parse_all(HFGenerator(embedded), [passage], [[completion]], get_format("open-book-qa"), "seal")
+    assert [q for q, _ in parsed.pairs] == ["Who was Quenby Marrisfield?", "Where was she born?"]
+    assert all(answer for _, answer in parsed.pairs) and parsed.status == "ok"

@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 
 from seal_lm.domains.knowledge.data import Passage, Question
@@ -45,3 +46,19 @@ def test_empty_and_garbage_completions_leave_only_the_passage(completion, status
     parsed = parse_completion(completion, get_format("implications"))
     assert parsed.status == status and parsed.items == ()
     assert training_sequences(PASSAGE, [parsed]) == ["Orlan Vesk\n" + PASSAGE.context]
+
+
+def test_open_book_questions_are_parsed_and_learned_as_closed_book_pairs():
+    from seal_lm.domains.knowledge.evaluation import QuestionSettings
+    from seal_lm.inner_loop import Example
+
+    fmt = get_format("open-book-qa")
+    parsed = parse_completion("1. Who built the observatory?\n2. Who built the observatory?\nA statement.\nWhy? ", fmt)
+    assert parsed.items == ("Who built the observatory?",) and parsed.status == "ok"
+    assert parse_completion("No questions here.", fmt).status == "unusable"
+    paired = dataclasses.replace(parsed, pairs=(("Who built the observatory?", "Orlan Vesk"),))
+    sequences = training_sequences(PASSAGE, [paired], ask=QuestionSettings().asker(PASSAGE))
+    assert sequences[0] == f"{PASSAGE.title}\n{PASSAGE.context}"
+    example, = sequences[1:]
+    assert isinstance(example, Example) and example.completion == "Orlan Vesk"
+    assert example.prompt.messages[0][1].endswith(f"Question: Topic: {PASSAGE.title}\nWho built the observatory?")

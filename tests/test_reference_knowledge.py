@@ -170,3 +170,18 @@ def test_cpt_as_seal_adds_the_passage_once_per_completion():
 
 def test_the_paper_continual_draws_passages_per_sequence():
     assert PAPER.continual.draw == "sample" and PAPER.continual.passages == 8 and PAPER.continual.orders == 8
+
+
+def test_the_loglik_reward_is_the_gold_answers_mean_log_probability(tiny_model_dir):
+    from seal_lm.domains.knowledge.evaluation import answer_logliks
+    from seal_lm.models import load_model
+
+    model = load_model(model_settings(tiny_model_dir))
+    config = KnowledgeConfig(model=model_settings(tiny_model_dir), reward="loglik", reward_baseline="base",
+                             inner_loop=InnerLoopSettings(rank=4, alpha=8, epochs=1))
+    passages = load_demo_corpus("train")[:2]
+    scored = KnowledgeDomain(config).score(model, passages, [["a b c d", "e f g"], ["h i j k"]], repeats=1, seed=0)
+    before = answer_logliks(model, passages, [None, None], config.question)
+    assert [s.baseline for s in scored] == pytest.approx(before) and all(b < 0 for b in before)
+    assert all(r < 0 for s in scored for r in s.rewards)  # log-probabilities
+    assert len(scored[0].details["accuracy_runs"]) == 2  # accuracy is recorded beside it

@@ -25,16 +25,24 @@ from seal_lm.domain import (
     paired_differences,
     summary,
 )
-from seal_lm.domains.knowledge.data import DataColumns, Passage, Question, load_documents, select_passages
+from seal_lm.domains.knowledge.data import (
+    DataColumns,
+    Passage,
+    Question,
+    load_documents,
+    select_passages,
+)
 from seal_lm.domains.knowledge.evaluation import (
     CONDITIONS,
     PassageEval,
     QuestionSettings,
-    comparisons,
-    paired_scores,
+    answer_logliks,
     answer_questions,
+    comparisons,
     evaluate_round,
     judge_agreement,
+    paired_scores,
+    parse_all,
     summary_rows,
     write_self_edits,
 )
@@ -43,7 +51,6 @@ from seal_lm.domains.knowledge.formats import (
     FORMATS,
     SPLITS,
     get_format,
-    parse_completion,
     training_sequences,
 )
 from seal_lm.errors import SealError
@@ -57,6 +64,7 @@ from seal_lm.runs import RunDir, derived_seed
 
 MODES = ("single", "cpt")
 REWARD_BASELINES = ("passage", "base")
+REWARDS = ("accuracy", "loglik")
 UNITS = Units(context="passage", contexts="passages", item="question", items="questions")
 _SELF_CHECK_QA = re.compile(r"Question\s*\d*\s*:\s*(.+?)\s*\n\s*Answer\s*\d*\s*:\s*(.+)", re.IGNORECASE)
 
@@ -133,7 +141,9 @@ class KnowledgeConfig:
     teacher: str | None = None
     """model that writes the self-edits of the teacher condition (any model.name value)"""
     format: str = DEFAULT_FORMAT
-    """self-edit format: implications, implications-long, rewrite or self-qa (seal-lm's), or SEAL's own prompts
+    """self-edit format: implications, implications-long, rewrite, self-qa, open-book-qa (questions the model then
+    answers with the passage in view, learned as closed-book question -> answer pairs: no gold answer used)
+    (seal-lm's), or SEAL's own prompts
     reference-implications, reference-implications-long, reference-implications-very-long, reference-rewrite,
     reference-self-qa"""
     split: str = "seal"
@@ -160,6 +170,10 @@ class KnowledgeConfig:
     """single: one LoRA update per passage (the paper's main setting); cpt: continued pretraining"""
     cpt: CptSettings = field(default_factory=CptSettings)
     """mode cpt's pooled update"""
+    reward: str = "accuracy"
+    """seal train: a self-edit's reward: accuracy (the grader's score of greedy closed-book answers) or loglik (the
+    mean log-probability per token of the gold answers under the adapted model, teacher-forced: denser, no
+    generation)"""
     reward_baseline: str = "passage"
     """seal train: what a self-edit's reward is compared with: passage (after an update on the passage alone)
     or base (the model before any update, SEAL's reported baseline); the keep rule best ignores it"""
@@ -188,6 +202,7 @@ class KnowledgeConfig:
         one_of("split", self.split, SPLITS)
         one_of("mode", self.mode, MODES)
         one_of("reward_baseline", self.reward_baseline, REWARD_BASELINES)
+        one_of("reward", self.reward, REWARDS)
         self.question.validate("question")
         self.judge.validate("judge")
         if self.grader == JUDGE and not self.judge.enabled:
@@ -287,15 +302,16 @@ class KnowledgeDomain:
         settings = config.inner_loop
         split = config.split
         units: list[tuple[int, int, list[str]]] = []  # (passage, self-edit or -1 for the baseline, sequences)
-        parsed = [[parse_completion(c, self.fmt, split) for c in outs] for outs in completions]
+        generator = make_generator(model)
+        parsed = parse_all(generator, contexts, completions, self.fmt, split)
         for i, passage in enumerate(contexts):
             if config.reward_baseline == "passage":
                 units.append((i, -1, training_sequences(passage, (), split)))
-            units.extend((i, j, training_sequences(passage, [p], split)) for j, p in enumerate(parsed[i]))
+            units.extend((i, j, training_sequences(passage, [p], split, config.question.asker(passage)))
+                         for j, p in enumerate(parsed[i]))
         jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r))
                 for n, (_, _, seqs) in enumerate(units) for r in range(repeats)]
         results = LoraUpdater(model, settings, max_adapters=config.adapters_per_pass).train(jobs)
-        generator = make_generator(model)
         answered = [contexts[i] for i, _, _ in units for _ in range(repeats)]
         adapters = [r.adapter for r in results]
         if config.reward_baseline == "base":  # the model as it is, once per passage (greedy answers repeat)
@@ -303,19 +319,26 @@ class KnowledgeDomain:
             adapters += [None] * len(contexts)
         graded = answer_questions(generator, answered, adapters, config.question)
         accuracy = [sum(q["scores"][config.grader] for q in g) / len(g) for g in graded]
-        runs: dict[tuple[int, int], list[float]] = {}
+        loglik = (answer_logliks(model, answered, adapters, config.question) if config.reward == "loglik"
+                  else [None] * len(accuracy))
+        runs: dict[tuple[int, int], list[int]] = {}  # (passage, self-edit or -1) -> indices into the lists above
         for n, (i, j, _) in enumerate(units):
-            runs[(i, j)] = accuracy[n * repeats : (n + 1) * repeats]
+            runs[(i, j)] = list(range(n * repeats, (n + 1) * repeats))
         if config.reward_baseline == "base":
             for i in range(len(contexts)):
-                runs[(i, -1)] = [accuracy[len(units) * repeats + i]]
+                runs[(i, -1)] = [len(units) * repeats + i]
+        reward = loglik if config.reward == "loglik" else accuracy
         out = []
         for i, outs in enumerate(completions):
+            pick = lambda values, key: [values[n] for n in runs[key]]  # noqa: E731
             out.append(Scored(
-                baseline=_mean(runs[(i, -1)]),
-                rewards=[_mean(runs[(i, j)]) for j in range(len(outs))],
+                baseline=_mean(pick(reward, (i, -1))),
+                rewards=[_mean(pick(reward, (i, j))) for j in range(len(outs))],
                 details={"status": [p.status for p in parsed[i]], "items": [len(p.items) for p in parsed[i]],
-                         "baseline_runs": runs[(i, -1)], "reward_runs": [runs[(i, j)] for j in range(len(outs))]},
+                         "baseline_runs": pick(reward, (i, -1)),
+                         "reward_runs": [pick(reward, (i, j)) for j in range(len(outs))],
+                         "accuracy_runs": [pick(accuracy, (i, j)) for j in range(len(outs))],
+                         "baseline_accuracy_runs": pick(accuracy, (i, -1))},
             ))
         return out
 
@@ -333,7 +356,8 @@ class KnowledgeDomain:
     def write_update(self, generator: Generator, context: Passage, seed: int) -> Update:
         params = dataclasses.replace(self.config.self_edit_sampling, n=1, seed=seed)
         edit = write_self_edits(generator, [context], self.fmt, params, self.config.split)[0][0]
-        return Update(edit.as_record(), training_sequences(context, [edit.parsed], self.config.split))
+        return Update(edit.as_record(), training_sequences(context, [edit.parsed], self.config.split,
+                                                           self.config.question.asker(context)))
 
     def closed_book(self, generator: Generator, contexts: Sequence[Passage]) -> list[list[dict[str, Any]]]:
         graded = answer_questions(generator, contexts, None, self.config.question)

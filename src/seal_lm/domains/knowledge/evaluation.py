@@ -18,13 +18,14 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from seal_lm.adapters import Adapter
+from seal_lm.adapters import Adapter, using
 from seal_lm.config import at_least, one_of
 from seal_lm.domain import condition_row
 from seal_lm.domains.knowledge.data import Passage
@@ -38,7 +39,7 @@ from seal_lm.domains.knowledge.formats import (
 )
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
 from seal_lm.grading import GRADERS, grade_all
-from seal_lm.inner_loop import LoraUpdater, TrainJob
+from seal_lm.inner_loop import Example, LoraUpdater, TrainJob
 from seal_lm.judge import CACHE_FILE, JUDGE, LLMJudge, agreement, build_judge
 from seal_lm.models import LoadedModel, load_model
 from seal_lm.records import EvalRecord
@@ -76,6 +77,10 @@ class QuestionSettings:
         """The question as the model (and a judge) reads it."""
         return f"Topic: {title}\n{question}" if self.topic else question
 
+    def asker(self, passage: Passage) -> Callable[[str], Prompt]:
+        """The closed-book prompt of a question about `passage` (for training on question -> answer pairs)."""
+        return lambda question: question_prompt(self.asked(question, passage.title), self.template)
+
     def sampling(self) -> SamplingParams:
         stop = ("\nQuestion:",) if self.template == "seal" else ()
         return SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens, stop=stop)
@@ -107,14 +112,44 @@ class SelfEdit:
     parsed: ParsedSelfEdit
 
     def as_record(self) -> dict:
-        return {"completion": self.completion, "status": self.parsed.status, "items": list(self.parsed.items)}
+        record = {"completion": self.completion, "status": self.parsed.status, "items": list(self.parsed.items)}
+        if self.parsed.pairs:
+            record["pairs"] = [list(pair) for pair in self.parsed.pairs]
+        return record
 
 
 def write_self_edits(generator: Generator, passages: Sequence[Passage], fmt: KnowledgeFormat | ReferenceFormat,
                      params: SamplingParams, split: str = "seal") -> list[list[SelfEdit]]:
     """`params.n` self-edits for each passage, parsed; unusable ones are kept (and counted) too."""
     completions = generator.generate([fmt.prompt(p) for p in passages], params)
-    return [[SelfEdit(c, parse_completion(c, fmt, split)) for c in per_passage] for per_passage in completions]
+    parsed = parse_all(generator, passages, completions, fmt, split)
+    return [[SelfEdit(c, e) for c, e in zip(outs, edits)] for outs, edits in zip(completions, parsed)]
+
+
+def parse_all(generator: Generator, passages: Sequence[Passage], completions: Sequence[Sequence[str]],
+              fmt: KnowledgeFormat | ReferenceFormat, split: str) -> list[list[ParsedSelfEdit]]:
+    """Each completion parsed; for the open-book format its questions are then answered by the same model with
+    the passage in view (greedily, all in one batch), and those answers, not gold ones, are what it learns."""
+    parsed = [[parse_completion(c, fmt, split) for c in outs] for outs in completions]
+    if not getattr(fmt, "open_book", False):
+        return parsed
+    asked = [(i, j, q) for i, edits in enumerate(parsed) for j, e in enumerate(edits) for q in e.items]
+    answers = generator.generate([open_book_prompt(passages[i], q) for i, _, q in asked],
+                                 QuestionSettings().sampling())
+    pairs: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for (i, j, q), (answer,) in zip(asked, answers):
+        if answer.strip():
+            pairs.setdefault((i, j), []).append((q, answer.strip()))
+    return [[dataclasses.replace(e, pairs=tuple(pairs.get((i, j), ())),
+                                 status=e.status if pairs.get((i, j)) or e.status != "ok" else "unusable")
+             for j, e in enumerate(edits)] for i, edits in enumerate(parsed)]
+
+
+def open_book_prompt(passage: Passage, question: str) -> Prompt:
+    """A question asked with the passage in view (open-book self-QA's answers)."""
+    body = f"Passage:\n{passage.title}\n{passage.context}\n\nQuestion: {question}"
+    return Prompt(messages=(("user", f"Answer the question directly and concisely, from the passage.\n\n{body}"),),
+                  text=f"Let's answer a question directly and concisely, from the passage.\n\n{body}\nAnswer:")
 
 
 def answer_questions(
@@ -176,7 +211,7 @@ class KnowledgeEvaluator:
                 result, = self.updater.train([TrainJob(pooled, dataclasses.replace(config.cpt.inner_loop, seed=seed))])
                 per_passage = [[result] for _ in passages]
             else:  # one update per passage and self-edit, all trained together
-                sequence_sets = [[training_sequences(p, [e.parsed], config.split) for e in es]
+                sequence_sets = [[training_sequences(p, [e.parsed], config.split, questions.asker(p)) for e in es]
                                  or [training_sequences(p, (), config.split)] for p, es in zip(passages, edits)]
                 jobs = [TrainJob(seqs, dataclasses.replace(config.inner_loop, seed=seed + j))
                         for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
@@ -222,6 +257,20 @@ def cpt_sequences(passage: Passage, edits: Sequence[SelfEdit], split: str) -> li
     return [seq for c in completions
             for seq in training_sequences(passage, [ParsedSelfEdit(tuple(reference_items(c, False)), "ok")],
                                           "reference")]
+
+
+def answer_logliks(model: LoadedModel, passages: Sequence[Passage], adapters: Sequence[Adapter | None],
+                   settings: QuestionSettings) -> list[float]:
+    """Per (passage, adapter): the mean over its questions of the gold answer's mean log-probability per token,
+    teacher-forced in the closed-book prompt (the first gold answer of each question)."""
+    updater = LoraUpdater(model)
+    out = []
+    for passage, adapter in zip(passages, adapters):
+        ask = settings.asker(passage)
+        examples = [Example(ask(q.question), q.answers[0]) for q in passage.questions]
+        with using(model.model, adapter) if adapter is not None else nullcontext():
+            out.append(-sum(updater.mean_loss([e]) for e in examples) / len(examples))
+    return out
 
 
 def _merge_samples(samples: list[list[dict]]) -> list[dict]:

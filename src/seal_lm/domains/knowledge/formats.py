@@ -15,11 +15,13 @@ sequence, and `ParsedSelfEdit.status` records what happened so runs can count it
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from seal_lm.domains.knowledge.data import Passage
 from seal_lm.errors import SealError
 from seal_lm.generation import Prompt
+from seal_lm.inner_loop import Example
 
 _SEGMENT_BREAK = re.compile(r"\n\s*(?:-{3,}\s*)?\n|\n\s*-{3,}\s*(?:\n|$)")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.):]|[A-Za-z][.)])\s+")
@@ -35,6 +37,7 @@ class KnowledgeFormat:
     request: str  # what the passage should be turned into
     base_cue: str  # the heading after which a base model continues
     keep_qa_pairs: bool = False  # self-qa: a question and its answer stay one training item
+    open_book: bool = False  # the completion is questions, answered afterwards with the passage in view
 
     def prompt(self, passage: Passage) -> Prompt:
         body = f"Passage:\n{passage.title}\n{passage.context}"
@@ -69,6 +72,12 @@ FORMATS: dict[str, KnowledgeFormat | ReferenceFormat] = {
             "Write each as 'Question: ...' followed by 'Answer: ...' on the next line.",
             "Questions and answers:",
             keep_qa_pairs=True,
+        ),
+        KnowledgeFormat(
+            "open-book-qa",
+            "write questions that its facts answer, one question per line.",
+            "Questions:",
+            open_book=True,
         ),
     )
 }
@@ -117,8 +126,9 @@ def get_format(name: str) -> KnowledgeFormat | ReferenceFormat:
 
 @dataclass(frozen=True)
 class ParsedSelfEdit:
-    items: tuple[str, ...]  # usable items, before the title prefix
+    items: tuple[str, ...]  # usable items, before the title prefix (open-book-qa: the questions)
     status: str  # "ok", "empty" (nothing generated) or "unusable" (nothing usable in it)
+    pairs: tuple[tuple[str, str], ...] = ()  # open-book-qa: (question, answer written with the passage in view)
 
 
 def parse_completion(completion: str, fmt: KnowledgeFormat | ReferenceFormat, split: str = "seal") -> ParsedSelfEdit:
@@ -128,6 +138,10 @@ def parse_completion(completion: str, fmt: KnowledgeFormat | ReferenceFormat, sp
         return ParsedSelfEdit((), "empty")
     if split == "reference":
         return ParsedSelfEdit(tuple(reference_items(completion)), "ok")
+    if getattr(fmt, "open_book", False):
+        lines = [_LIST_MARKER.sub("", line).strip() for line in completion.splitlines()]
+        questions = [q for q in dict.fromkeys(lines) if q.endswith("?") and len(re.findall(r"\w+", q)) >= _MIN_WORDS]
+        return ParsedSelfEdit(tuple(questions), "ok" if questions else "unusable")
     items: list[str] = []
     for segment in _SEGMENT_BREAK.split(completion.strip()):
         lines = [_LIST_MARKER.sub("", line).strip() for line in segment.splitlines()]
@@ -167,9 +181,15 @@ def reference_items(completion: str, split_newlines: bool = True) -> list[str]:
 
 
 def training_sequences(passage: Passage, parsed: list[ParsedSelfEdit] | tuple[ParsedSelfEdit, ...] = (),
-                       split: str = "seal") -> list[str]:
+                       split: str = "seal", ask: Callable[[str], Prompt] | None = None) -> list[str | Example]:
     """Every item of every self-edit, each prefixed with the title, and the passage itself: first (seal-lm's
-    order) or, with `split` "reference", last and stripped, as SEAL's code adds it."""
+    order) or, with `split` "reference", last and stripped, as SEAL's code adds it. Open-book pairs become
+    question -> answer examples in the closed-book prompt `ask` makes of a question (the evaluation's own)."""
+    if any(p.pairs for p in parsed):
+        if ask is None:
+            raise ValueError("open-book pairs need the closed-book prompt to train them in")
+        examples = [Example(ask(q), a) for p in parsed for q, a in p.pairs]
+        return [f"{passage.title}\n{passage.context}", *examples]
     items = [f"{passage.title}\n{item}" for p in parsed for item in p.items]
     if split == "reference":
         return items + [f"{passage.title}\n{passage.context.strip()}"]
