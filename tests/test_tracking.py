@@ -29,9 +29,9 @@ def test_tensorboard_events_hold_losses_rewards_and_accuracies(tiny_model_dir, t
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"inner_loop/epoch_loss", "rollouts/mean_reward", "rounds/mean_reward", "rounds/kept_fraction",
+    assert {"inner_loop/step_loss", "rollouts/mean_reward", "rounds/mean_reward", "rounds/kept_fraction",
             "accuracy/passage/mean", "accuracy/passage/low", "rounds/seconds_rewards"} <= tags
-    assert len(events.Scalars("inner_loop/epoch_loss")) >= 2 * 3  # 2 epochs of 3 eval inner loops, at least
+    assert len(events.Scalars("inner_loop/step_loss")) >= 2 * 3  # 2 epochs of 3 eval inner loops, at least
     assert events.Scalars("rounds/mean_reward")[-1].value == pytest.approx(summary["rounds"][0]["mean_reward"])
     assert events.Scalars("accuracy/passage/mean")[-1].value == pytest.approx(
         summary["conditions"]["passage"]["accuracy"]["f1"]["mean"])

@@ -124,6 +124,7 @@ class TrainResult:
 
     adapter: Adapter
     epoch_losses: list[float]
+    step_losses: list[float]  # each optimizer step's loss, in order
     train_tokens: int  # real (unpadded) tokens processed over all epochs
     seconds: float  # wall time of the multi-adapter pass this job was part of, shared equally
 
@@ -240,7 +241,7 @@ class LoraUpdater:
             losses = step_losses[k]
             epoch_losses = [sum(losses[e * per_epoch : (e + 1) * per_epoch]) / per_epoch for e in range(s.epochs)]
             tokens = sum(len(t.ids) for t in examples[k]) * s.epochs
-            results.append(TrainResult(adapters[k], epoch_losses, tokens, seconds))
+            results.append(TrainResult(adapters[k], epoch_losses, losses, tokens, seconds))
         return results
 
     def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int,

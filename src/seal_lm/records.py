@@ -86,6 +86,7 @@ class PolicyUpdateRecord(Record):
     nll_after: float | None
     checkpoint: str | None  # directory in the run, None when nothing was kept
     seconds: float
+    step_losses: list[float] = field(default_factory=list)  # each optimizer step's loss
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Experiment tracking, as TRL's `report_to` names it: TensorBoard, Weights & Biases or MLflow.
 
 A tracker sees every record a run appends and every summary it writes (runs.py calls it), and turns
-them into metrics: inner-loop and policy-update losses per epoch, each training context's rewards,
+them into metrics: inner-loop and policy-update losses per step, each training context's rewards,
 per-round means and kept fractions, accuracies with their intervals and paired differences, and time
 per phase. Logs go under the run directory unless the backend is pointed elsewhere (WANDB_DIR,
 MLFLOW_TRACKING_URI). Each backend is an optional extra; a missing one is a one-line error.
@@ -44,19 +44,19 @@ class Tracker:
 
 
 def record_metrics(record: Record) -> Iterator[tuple[str, dict[str, float]]]:
-    """Per record: losses of each epoch of each update it trained, a rollout's rewards."""
+    """Per record: the loss of each step of each update it trained, a rollout's rewards."""
     if isinstance(record, EvalRecord):
         for training in getattr(record, "training", []):
-            for loss in training.get("epoch_losses", []):
-                yield "inner_loop", {"epoch_loss": loss}
+            for loss in training.get("step_losses", []):
+                yield "inner_loop", {"step_loss": loss}
     elif isinstance(record, RolloutRecord):
         yield "rollouts", {"round": record.round, "mean_reward": sum(record.rewards) / max(len(record.rewards), 1),
                            "baseline": record.baseline, "best_gain": max(record.gains, default=0.0),
                            "kept": len(record.kept), "seconds_generation": record.seconds.get("generation", 0.0),
                            "seconds_rewards": record.seconds.get("rewards", 0.0)}
     elif isinstance(record, PolicyUpdateRecord):
-        for loss in record.epoch_losses or []:
-            yield "policy_update", {"epoch_loss": loss}
+        for loss in record.step_losses:
+            yield "policy_update", {"step_loss": loss}
         if record.nll_before is not None:
             yield "policy_update_nll", {"before": record.nll_before, "after": record.nll_after or 0.0,
                                         "round": record.round}

@@ -173,6 +173,7 @@ def _update_policy(settings: RestEmSettings, domain: Domain, model: ModelSetting
         update_seed = dataclasses.replace(settings.policy_update, seed=derived_seed(seed, "policy", round_))
         result, = updater.train([TrainJob(examples, update_seed)])
         record.epoch_losses = result.epoch_losses
+        record.step_losses = result.step_losses
         record.checkpoint = f"policy-round-{round_}"
         save_merged(policy, result.adapter, run.path / record.checkpoint)
         record.nll_after = updater.mean_loss(examples)

@@ -225,7 +225,8 @@ class KnowledgeEvaluator:
             for record, es, sets, rs in zip(records, edits, sequence_sets, per_passage):
                 record.self_edits = [e.as_record() for e in es]
                 record.training = [
-                    {"sequences": seqs, "epoch_losses": r.epoch_losses, "tokens": r.train_tokens, "seconds": r.seconds}
+                    {"sequences": seqs, "epoch_losses": r.epoch_losses, "step_losses": r.step_losses,
+                     "tokens": r.train_tokens, "seconds": r.seconds}
                     for seqs, r in zip(sets, rs)
                 ]
         seconds = (time.perf_counter() - started) / len(passages)  # without the judge: grading is not SEAL's cost
