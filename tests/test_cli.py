@@ -73,6 +73,8 @@ def test_teacher_condition_uses_another_model(tiny_model_dir, tiny_base_model_di
     (["--data", "{missing}"], "data file not found"),
     (["--conditions", "[base,magic]"], "conditions: unknown value 'magic'"),
     (["--conditions", "[teacher]"], "condition 'teacher' needs a teacher model"),
+    (["--update", "dpo"], "update: unknown value 'dpo'"),
+    (["--update", "distill", "--mode", "cpt"], "update: distill needs mode single"),
 ])
 def test_bad_input_is_a_one_line_error_and_exit_2(tiny_model_dir, tmp_path, capsys, args, message, passages_file):
     args = [a.replace("{missing}", str(tmp_path / "missing.json")) for a in args]
@@ -174,3 +176,20 @@ def test_cpt_mode_pools_every_passage_into_one_update(tiny_model_dir, passages_f
     assert len(self_edit["self_edits"]) == 2 and len(self_edit["training"]) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["setting"].startswith("continued pretraining") and summary["conditions"]["self-edit"]["contexts"] == 2
+
+
+def test_distill_update_learns_self_edits_by_context_distillation_and_the_passage_by_sft(tiny_model_dir,
+                                                                                       passages_file, tmp_path):
+    """Same seeds, same self-edits: only the self-edit condition's inner loop changes objective."""
+    runs = {}
+    for update in ("sft", "distill"):
+        assert _eval(tiny_model_dir, passages_file, tmp_path / update, "--update", update,
+                     "--conditions", "[passage,self-edit]") == 0
+        runs[update] = {(r["title"], r["condition"]): r for r in _lines(tmp_path / update)}
+        assert json.loads((tmp_path / update / "config.json").read_text())["update"] == update
+    for key, sft in runs["sft"].items():
+        distill = runs["distill"][key]
+        same = sft["training"][0]["step_losses"] == pytest.approx(distill["training"][0]["step_losses"], rel=1e-5)
+        assert same == (key[1] == "passage"), key
+        if key[1] == "self-edit":
+            assert distill["self_edits"] == sft["self_edits"]

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
-from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
+from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
 from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import ModelSettings, load_model
 from seal_lm.multi_lora import MultiLoraLinear, TokenRouting, injected
@@ -314,3 +314,50 @@ def test_peft_default_targets_are_peft_own_and_unknown_names_list_the_choices(ti
     assert sorted({name.rsplit(".", 1)[-1] for name in result.adapter.weights}) == ["q_proj", "v_proj"]
     with pytest.raises(SealError, match=r"target_modules: qq_proj not in this model \(choose from: down_proj"):
         LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES[:1], replace(FAST, target_modules=("qq_proj",)))])
+
+
+CONTEXT = "Orlan Vesk\nOrlan Vesk, an astronomer, built the Marrowgate Observatory in 1902 with copper mirrors.\n\n"
+
+
+def _kl_to_teacher(model, tokenizer, sequence: str, top_k: int) -> float:
+    """Mean over the sequence's predicted positions of KL(teacher top-k || model): the teacher is `model`
+    reading CONTEXT first; worked out here with plain forward passes, independent of the inner loop."""
+    prefix = tokenizer(CONTEXT)["input_ids"]
+    ids = tokenizer(sequence)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        teacher = model(input_ids=torch.tensor([prefix + ids], device=model.device)).logits[0, len(prefix):].float()
+        student = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().log_softmax(-1)
+    values, indices = teacher.topk(top_k, dim=-1)
+    p = values.log_softmax(-1)
+    kl = (p.exp() * (p - student.gather(1, indices))).sum(-1)
+    return kl[: len(ids) - 1].mean().item()  # the last position predicts nothing
+
+
+def test_context_distillation_loss_is_the_kl_to_the_base_model_reading_the_context(tiny):
+    """At B = 0 the first step's loss is the KL of the un-adapted model to itself with the passage in view;
+    training lowers it, and the adapted closed-book model is closer to the teacher than the base model."""
+    settings = replace(FAST, epochs=6, distill_top_k=16)
+    result, = LoraUpdater(tiny, settings).train([TrainJob(SEQUENCES[:1], settings, teacher_context=CONTEXT)])
+    before = _kl_to_teacher(tiny.model, tiny.tokenizer, SEQUENCES[0], 16)
+    assert result.step_losses[0] == pytest.approx(before, rel=1e-4)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    sft, = LoraUpdater(tiny, settings).train([TrainJob(SEQUENCES[:1], settings)])
+    assert sft.step_losses[0] != pytest.approx(result.step_losses[0], rel=1e-2)  # a different objective
+    with using(tiny.model, result.adapter):
+        after = _kl_to_teacher(tiny.model, tiny.tokenizer, SEQUENCES[0], 16)
+    # the teacher here is the adapted model too; its own distance to the context-reading base must have shrunk
+    assert after < before
+
+
+def test_distillation_jobs_trained_together_match_each_trained_alone(tiny):
+    """Distillation and cross-entropy jobs, and an Example (cross-entropy inside a distillation job), in one call."""
+    example = Example(Prompt.single_turn("Who built the Marrowgate Observatory?"), "Orlan Vesk")
+    jobs = [TrainJob(SEQUENCES, FAST, teacher_context=CONTEXT),
+            TrainJob([SEQUENCES[1], example], replace(FAST, seed=3, batch_size=2), teacher_context=CONTEXT),
+            TrainJob(SEQUENCES[:2], replace(FAST, seed=7))]
+    updater = LoraUpdater(tiny, FAST, max_row_tokens=64)
+    for job, joint in zip(jobs, updater.train(jobs)):
+        alone, = updater.train([job])
+        assert joint.epoch_losses == pytest.approx(alone.epoch_losses, rel=1e-5)
+        for name, (a, b) in alone.adapter.weights.items():
+            assert torch.allclose(joint.adapter.weights[name][1], b, atol=1e-5), name

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +63,14 @@ class InnerLoopSettings:
     """content: the loss covers a sequence's own tokens (and the EOS appended to it), never padding; padded: as
     SEAL's inner loop, every sequence is padded with EOS to max_length and the mean loss runs over every position,
     padding included (the content's share of the gradient is its share of max_length)"""
+    distill_top_k: int = 64
+    """context distillation (jobs with a teacher context): the teacher's k most likely next tokens per position,
+    renormalised, are the target (the full distribution would be [tokens, vocab] floats per sequence)"""
     seed: int = 0
     """seed of the adapter's initialisation and batch order (runs derive one per job from it)"""
 
     def validate(self, key: str) -> None:
-        for name in ("rank", "alpha", "epochs", "batch_size", "max_length"):
+        for name in ("rank", "alpha", "epochs", "batch_size", "max_length", "distill_top_k"):
             at_least(f"{key}.{name}", getattr(self, name), 1)
         if not self.learning_rate > 0:
             raise ConfigError(f"{key}.learning_rate", f"must be positive (got {self.learning_rate})")
@@ -112,10 +115,16 @@ Sequence_ = str | Example  # plain text is learned whole
 
 @dataclass
 class TrainJob:
-    """Sequences to learn, with the settings to learn them by (None: the updater's defaults)."""
+    """Sequences to learn, with the settings to learn them by (None: the updater's defaults).
+
+    With a `teacher_context`, plain-text sequences are learned by context distillation instead of next-token
+    cross-entropy: the adapted model, reading a sequence alone, is trained to match the next-token distributions
+    (KL divergence) of the base model reading `teacher_context` followed by the same sequence. `Example` items
+    of such a job keep the cross-entropy loss."""
 
     sequences: Sequence[Sequence_]
     settings: InnerLoopSettings | None = None
+    teacher_context: str | None = None
 
 
 @dataclass
@@ -147,7 +156,8 @@ class LoraUpdater:
         results: list[TrainResult | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.settings or self.settings).shape_key(), []).append(i)
+            groups.setdefault((*(job.settings or self.settings).shape_key(), job.teacher_context is not None),
+                              []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), self.max_adapters):
                 chunk = indices[start : start + self.max_adapters]
@@ -199,6 +209,11 @@ class LoraUpdater:
             ids = self.tokenize(job.sequences, s.max_length, append_eos=s.labels == "content")
             if not ids:
                 raise ValueError("an inner-loop job needs at least one non-empty sequence")
+            if job.teacher_context is not None:
+                if s.labels == "padded":
+                    raise ValueError("context distillation learns a sequence's own tokens: it needs labels content")
+                ids = [self._with_teacher_targets(t, job.teacher_context, s.distill_top_k) if t.n_prompt == 0 else t
+                       for t in ids]
             examples.append(ids)
         schedules = [_batch_schedule(ids, s) for ids, s in zip(examples, settings)]
         n_steps = max(len(schedule) for schedule in schedules)
@@ -244,6 +259,20 @@ class LoraUpdater:
             results.append(TrainResult(adapters[k], epoch_losses, losses, tokens, seconds))
         return results
 
+    def _with_teacher_targets(self, tokens: Tokens, context: str, top_k: int) -> Tokens:
+        """`tokens` with the base model's next-token distribution at each of its positions, read after `context`
+        (the model as it is: called before any adapter is injected)."""
+        tokenizer = self.loaded.tokenizer
+        prefix = tokenizer(context, add_special_tokens=True)["input_ids"]
+        # A leading BOS of the sequence is already at the start of the prefix; position i of the sequence is
+        # position len(prefix) + i - skip of the teacher's input.
+        skip = int(tokenizer.bos_token_id is not None and tokens.ids[0] == tokenizer.bos_token_id)
+        ids = torch.tensor([prefix + tokens.ids[skip:]], device=self.loaded.device)
+        with torch.no_grad():
+            logits = self.loaded.model(input_ids=ids, use_cache=False).logits[0, len(prefix) - skip:]
+            values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)
+        return Tokens(tokens.ids, tokens.n_prompt, Soft(indices.cpu(), values.log_softmax(-1).cpu()))
+
     def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int,
                               per_sequence: bool, padded_to: int | None = None) -> dict[int, float]:
         """Forward and backward over one step's sequences; each adapter's loss is its own token mean (with
@@ -272,7 +301,15 @@ class LoraUpdater:
             predicted = torch.tensor(counts, device=device)
         token_weights = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
         head = plain_output_head(model)
-        if head is not None:  # the loss from the last hidden states, without [tokens, vocab] logits
+        if packed.soft is not None:  # context distillation: the logits are needed whole
+            logits = model(**inputs, use_cache=False).logits.float().flatten(0, 1)
+            token_loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+            indices, teacher = packed.soft[0].flatten(0, 1), packed.soft[1].flatten(0, 1)
+            kl = (teacher.exp() * (teacher - logits.log_softmax(-1).gather(1, indices))).sum(-1)
+            distilled = packed.soft_mask.flatten() & (labels != -100)
+            token_loss = torch.where(distilled, kl, token_loss)
+            total = (token_loss * token_weights).sum()
+        elif head is not None:  # the loss from the last hidden states, without [tokens, vocab] logits
             hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
             total, token_loss = linear_cross_entropy(hidden.flatten(0, 1), head, labels, token_weights)
         else:
@@ -288,11 +325,22 @@ class LoraUpdater:
 
 
 @dataclass(frozen=True)
+class Soft:
+    """A teacher's next-token targets at each position of a sequence: its top-k token ids and their
+    log-probabilities, renormalised over those k. [positions, k] each."""
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Tokens:
-    """A tokenized training sequence; the loss covers the tokens from index `n_prompt` on."""
+    """A tokenized training sequence; the loss covers the tokens from index `n_prompt` on (against the teacher's
+    distributions where `soft` is given)."""
 
     ids: list[int]
     n_prompt: int = 0
+    soft: Soft | None = field(default=None, compare=False)
 
     @property
     def n_predicted(self) -> int:
@@ -313,10 +361,15 @@ class PackedBatch:
     position_ids: torch.Tensor
     labels: torch.Tensor  # -100 where nothing is predicted (last token of a sequence, row padding)
     owners: torch.Tensor  # adapter of each token; -1 for row padding
+    # Where any sequence has a teacher's targets: their token ids and log-probabilities [rows, width, k], and
+    # which positions have them [rows, width].
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None
+    soft_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PackedBatch:
+        soft = None if self.soft is None else (self.soft[0].to(device), self.soft[1].to(device))
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.labels.to(device),
-                           self.owners.to(device))
+                           self.owners.to(device), soft, None if self.soft_mask is None else self.soft_mask.to(device))
 
 
 def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad_id: int) -> PackedBatch:
@@ -340,7 +393,23 @@ def pack_sequences(sequences: list[tuple[int, Tokens]], max_row_tokens: int, pad
         columns["position_ids"].append([p for _, seq in row for p in range(len(seq.ids))] + list(range(fill)))
         columns["labels"].append([t for _, seq in row for t in seq.labels()] + [-100] * fill)
         columns["owners"].append([k for k, seq in row for _ in seq.ids] + [-1] * fill)
-    return PackedBatch(**{name: torch.tensor(value) for name, value in columns.items()})  # on the host: `.to(device)`
+    packed = PackedBatch(**{name: torch.tensor(value) for name, value in columns.items()})  # on the host
+    targets = [seq.soft for _, seq in sequences if seq.soft is not None]
+    if targets:
+        k = targets[0].indices.shape[1]
+        indices = torch.zeros(len(rows), width, k, dtype=torch.long)
+        log_probs = torch.zeros(len(rows), width, k)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for r, row in enumerate(rows):
+            at = 0
+            for _, seq in row:
+                if seq.soft is not None:
+                    n = len(seq.ids)
+                    indices[r, at : at + n], log_probs[r, at : at + n] = seq.soft.indices, seq.soft.log_probs
+                    mask[r, at : at + n] = True
+                at += len(seq.ids)
+        packed.soft, packed.soft_mask = (indices, log_probs), mask
+    return packed
 
 
 def pad_sequences(sequences: list[tuple[int, Tokens]], length: int, pad_id: int) -> tuple[PackedBatch, torch.Tensor]:

@@ -51,6 +51,7 @@ from seal_lm.domains.knowledge.formats import (
     FORMATS,
     SPLITS,
     get_format,
+    teacher_context,
     training_sequences,
 )
 from seal_lm.errors import SealError
@@ -65,6 +66,7 @@ from seal_lm.runs import RunDir, derived_seed
 MODES = ("single", "cpt")
 REWARD_BASELINES = ("passage", "base")
 REWARDS = ("accuracy", "loglik")
+UPDATES = ("sft", "distill")
 UNITS = Units(context="passage", contexts="passages", item="question", items="questions")
 _SELF_CHECK_QA = re.compile(r"Question\s*\d*\s*:\s*(.+?)\s*\n\s*Answer\s*\d*\s*:\s*(.+)", re.IGNORECASE)
 
@@ -170,6 +172,11 @@ class KnowledgeConfig:
     """single: one LoRA update per passage (the paper's main setting); cpt: continued pretraining"""
     cpt: CptSettings = field(default_factory=CptSettings)
     """mode cpt's pooled update"""
+    update: str = "sft"
+    """how a self-edit is learned (in eval and in rewards): sft (next-token cross-entropy on its sequences, SEAL's)
+    or distill (context distillation: the closed-book model matches the next-token distributions of the base model
+    reading the passage first, on the same sequences; question-answer pairs stay sft). Training on the passage
+    alone is always sft: it is the baseline"""
     reward: str = "accuracy"
     """seal train: a self-edit's reward: accuracy (the grader's score of greedy closed-book answers) or loglik (the
     mean log-probability per token of the gold answers under the adapted model, teacher-forced: denser, no
@@ -203,6 +210,9 @@ class KnowledgeConfig:
         one_of("mode", self.mode, MODES)
         one_of("reward_baseline", self.reward_baseline, REWARD_BASELINES)
         one_of("reward", self.reward, REWARDS)
+        one_of("update", self.update, UPDATES)
+        if self.update == "distill" and (self.mode == "cpt" or self.inner_loop.labels == "padded"):
+            raise ConfigError("update", "distill needs mode single and inner_loop.labels content")
         self.question.validate("question")
         self.judge.validate("judge")
         if self.grader == JUDGE and not self.judge.enabled:
@@ -309,8 +319,10 @@ class KnowledgeDomain:
                 units.append((i, -1, training_sequences(passage, (), split)))
             units.extend((i, j, training_sequences(passage, [p], split, config.question.asker(passage)))
                          for j, p in enumerate(parsed[i]))
-        jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r))
-                for n, (_, _, seqs) in enumerate(units) for r in range(repeats)]
+        distill = config.update == "distill"
+        jobs = [TrainJob(seqs, dataclasses.replace(settings, seed=seed + n * repeats + r),
+                         teacher_context=teacher_context(contexts[i]) if distill and j >= 0 else None)
+                for n, (i, j, seqs) in enumerate(units) for r in range(repeats)]
         results = LoraUpdater(model, settings, max_adapters=config.adapters_per_pass).train(jobs)
         answered = [contexts[i] for i, _, _ in units for _ in range(repeats)]
         adapters = [r.adapter for r in results]

@@ -35,6 +35,7 @@ from seal_lm.domains.knowledge.formats import (
     ReferenceFormat,
     parse_completion,
     reference_items,
+    teacher_context,
     training_sequences,
 )
 from seal_lm.generation import Generator, Prompt, SamplingParams, make_generator
@@ -213,8 +214,11 @@ class KnowledgeEvaluator:
             else:  # one update per passage and self-edit, all trained together
                 sequence_sets = [[training_sequences(p, [e.parsed], config.split, questions.asker(p)) for e in es]
                                  or [training_sequences(p, (), config.split)] for p, es in zip(passages, edits)]
-                jobs = [TrainJob(seqs, dataclasses.replace(config.inner_loop, seed=seed + j))
-                        for j, seqs in enumerate(s for sets in sequence_sets for s in sets)]
+                distill = config.update == "distill" and condition != "passage"
+                contexts = [teacher_context(p) if distill else None for p, sets in zip(passages, sequence_sets)
+                            for _ in sets]
+                jobs = [TrainJob(seqs, dataclasses.replace(config.inner_loop, seed=seed + j), teacher_context=context)
+                        for j, (seqs, context) in enumerate(zip((s for sets in sequence_sets for s in sets), contexts))]
                 results = iter(self.updater.train(jobs))
                 per_passage = [[next(results) for _ in sets] for sets in sequence_sets]
             # Answer sample j of every passage in one batch, each passage with its own adapter.

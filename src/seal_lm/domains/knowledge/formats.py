@@ -180,6 +180,11 @@ def reference_items(completion: str, split_newlines: bool = True) -> list[str]:
     return lines[1:] if len(lines) > 1 and lines[1].startswith("1.") else lines
 
 
+def teacher_context(passage: Passage) -> str:
+    """What the teacher of context distillation reads before each training sequence: the passage."""
+    return f"{passage.title}\n{passage.context.strip()}\n\n"
+
+
 def training_sequences(passage: Passage, parsed: list[ParsedSelfEdit] | tuple[ParsedSelfEdit, ...] = (),
                        split: str = "seal", ask: Callable[[str], Prompt] | None = None) -> list[str | Example]:
     """Every item of every self-edit, each prefixed with the title, and the passage itself: first (seal-lm's
