@@ -1,0 +1,175 @@
+"""What makes the embedded model's self-edits help? A study on the tuning split, then one held-out evaluation.
+
+SQuAD passages in SEAL's grouping (`squad_dev200.json`): passages 0-99 are the tuning split, where every
+choice below is made; passages 100-199 are held out and evaluated once, with the chosen recipe.
+
+    python experiments/small_scale.py tune [--passages 20]      # stages 1-3 below, resumable
+    python experiments/small_scale.py heldout [--passages 100]  # the chosen arm on passages 100-..., once
+    python experiments/small_scale.py table                     # docs/results/small_scale.{md,json}
+
+Tuning stages, each arm a `seal eval` run of the self-edit condition only (base and passage-only training
+are run once, with the same seeds every arm's passage condition would use), each scored as the paired
+difference "passage + self-edit" - "train on passage" over the same questions, resampling passages:
+  1. sampling temperature of the default format (implications): 1.0, 0.7, 0.4;
+  2. formats at the best temperature: rewrite, self-qa, open-book-qa, and SEAL's reference prompts (with
+     SEAL's split);
+  3. the update rule: context distillation (--update distill) on the best arm so far, against its SFT.
+The best arm is the one with the largest mean paired difference. Every run directory keeps its config;
+the table records which split each run used. A rerun resumes each run where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from seal_lm.records import read_jsonl
+from seal_lm.stats import mean_with_interval, paired_difference
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "squad_dev200.json"
+HELD_OUT_START = 100
+GRADER = "contains"
+TEMPERATURES = (1.0, 0.7, 0.4)
+FORMATS = ("rewrite", "self-qa", "open-book-qa", "reference-implications", "reference-rewrite",
+           "reference-self-qa")
+
+
+def arm_args(format_: str, temperature: float, update: str = "sft") -> list[str]:
+    split = "reference" if format_.startswith("reference-") else "seal"
+    return ["--format", format_, "--split", split, "--self_edit_sampling.temperature", str(temperature),
+            "--update", update]
+
+
+def arm_name(format_: str, temperature: float, update: str = "sft") -> str:
+    return f"{format_}-t{temperature}" + ("" if update == "sft" else f"-{update}")
+
+
+def run_eval(runs: Path, name: str, split_args: list[str], args: list[str], data: Path,
+             common: list[str]) -> Path:
+    """One `seal eval` run, resumed if its directory exists with the same config; returns its directory."""
+    out = runs / name
+    if not (out / "summary.json").exists() or (out / "incomplete").exists():
+        (out).mkdir(parents=True, exist_ok=True)
+        (out / "incomplete").touch()
+        started = time.time()
+        command = [str(Path(sys.executable).parent / "seal"), "eval", "--data", str(data), *split_args, *args, *common,
+                   "--out", str(out), "--no_progress"]
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[1:])}", flush=True)
+        subprocess.run(command, check=True)
+        (out / "incomplete").unlink()
+        (out / "study.json").write_text(json.dumps({"split_args": split_args, "args": args,
+                                                    "seconds_this_attempt": time.time() - started}))
+    return out
+
+
+def scores(run: Path, condition: str) -> dict[str, list[float]]:
+    """context id -> its questions' scores (in the order every run asks them) under `condition`."""
+    return {r["context_id"]: [q["scores"][GRADER] for q in r["questions"]]
+            for r in read_jsonl(run / "results.jsonl") if r.get("condition") == condition}
+
+
+def versus(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict:
+    shared = [c for c in a if c in b]
+    return paired_difference([[x - y for x, y in zip(a[c], b[c])] for c in shared]).as_dict()
+
+
+def accuracy(s: dict[str, list[float]]) -> dict:
+    return mean_with_interval([v for values in s.values() for v in values]).as_dict()
+
+
+def tune(runs: Path, passages: int, data: Path, common: list[str], temperatures: list[float],
+         formats: list[str]) -> dict:
+    split = ["--limit", str(passages)]  # passages 0..passages-1 of the tuning split 0-99
+    baselines = run_eval(runs, "tune-baselines", split, ["--conditions", "[base,passage]"], data, common)
+    passage = scores(baselines, "passage")
+    arms: dict[str, dict] = {}
+
+    def score(name: str, args: list[str]) -> float:
+        run = run_eval(runs, f"tune-{name}", split, ["--conditions", "[self-edit]", *args], data, common)
+        edit = scores(run, "self-edit")
+        arms[name] = {"args": args, "self-edit": accuracy(edit), "vs_passage": versus(edit, passage),
+                      "run": str(run.relative_to(runs))}
+        return arms[name]["vs_passage"]["mean"]
+
+    by_temperature = {t: score(arm_name("implications", t), arm_args("implications", t)) for t in temperatures}
+    temperature = max(by_temperature, key=by_temperature.get)
+    by_format = {"implications": by_temperature[temperature]}
+    by_format |= {f: score(arm_name(f, temperature), arm_args(f, temperature)) for f in formats}
+    format_ = max(by_format, key=by_format.get)
+    score(arm_name(format_, temperature, "distill"), arm_args(format_, temperature, "distill"))
+    best = max(arms, key=lambda n: arms[n]["vs_passage"]["mean"])
+    return {"split": f"tuning: passages 0-{passages - 1}", "data": str(data),
+            "base": accuracy(scores(baselines, "base")), "passage": accuracy(passage), "arms": arms, "best": best}
+
+
+def heldout(runs: Path, passages: int, data: Path, common: list[str], arm: dict) -> dict:
+    split = ["--skip", str(HELD_OUT_START), "--limit", str(passages)]
+    run = run_eval(runs, "heldout", split, ["--conditions", "[base,passage,self-edit]", *arm["args"]], data,
+                   common)
+    summary = json.loads((run / "summary.json").read_text())
+    return {"split": f"held out: passages {HELD_OUT_START}-{HELD_OUT_START + passages - 1}",
+            "args": arm["args"], "conditions": {k: v["accuracy"][GRADER] for k, v in summary["conditions"].items()},
+            "paired": summary.get("paired", {})}
+
+
+def write_table(study: dict, docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "small_scale.json").write_text(json.dumps(study, indent=1))
+    pct = lambda e: f"{100 * e['mean']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}] (n={e['n']})"  # noqa: E731
+    diff = lambda d: (f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}], "  # noqa: E731
+                      f"p={d['p']:.3f}, {d['contexts']} passages")
+    lines = [f"# Small-scale study ({time.strftime('%Y-%m-%d')})", "",
+             f"`{study['tune']['command']}`, contains grader. "
+             f"Split: {study['tune']['split']}. Base {pct(study['tune']['base'])}, train on passage "
+             f"{pct(study['tune']['passage'])}.", "",
+             "| arm | passage + self-edit | minus train on passage (paired, points) |", "|---|---|---|"]
+    for name, arm in study["tune"]["arms"].items():
+        lines.append(f"| {name} | {pct(arm['self-edit'])} | {diff(arm['vs_passage'])} |")
+    lines += ["", f"Best on the tuning split: **{study['tune']['best']}**."]
+    if "heldout" in study:
+        h = study["heldout"]
+        lines += ["", f"Held out ({h['split']}, evaluated once, `{' '.join(h['args'])}`):", ""]
+        lines += [f"- {k}: {pct(v)}" for k, v in h["conditions"].items()]
+        lines += [f"- {v['label']}: {diff(v)}" for v in h["paired"].values()]
+    (docs / "small_scale.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("tune", "heldout", "table"))
+    parser.add_argument("--passages", type=int, default=None, help="tune: 20 (of 0-99); heldout: 100 (100-199)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "small-scale")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--seal_args", default="", help="more `seal eval` options for every run (e.g. a model)")
+    args = parser.parse_args()
+    common = args.seal_args.split()
+    if not args.data.exists():
+        sys.exit(f"small_scale.py: data file not found: {args.data} (pass --data squad_dev200.json)")
+    study_file = args.runs / "study.json"
+    study = json.loads(study_file.read_text()) if study_file.exists() else {}
+    if args.stage == "tune":
+        study["tune"] = tune(args.runs, args.passages or 20, args.data, common, args.temperatures, args.formats)
+        study["tune"]["command"] = " ".join(["python experiments/small_scale.py", *sys.argv[1:]])
+    elif args.stage == "heldout":
+        if "tune" not in study:
+            sys.exit("small_scale.py: run the tune stage first: the held-out split is evaluated with its choice")
+        best = study["tune"]["arms"][study["tune"]["best"]]
+        study["heldout"] = heldout(args.runs, args.passages or 100, args.data, common, best)
+    elif "tune" not in study:
+        sys.exit(f"small_scale.py: no study in {args.runs} yet: run the tune stage first")
+    study_file.parent.mkdir(parents=True, exist_ok=True)
+    study_file.write_text(json.dumps(study, indent=1))
+    write_table(study, args.docs)
+    print((args.docs / "small_scale.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_small_scale_study_tunes_on_the_tuning_split_and_pairs_every_arm_with_passage_training(
+        tiny_model_dir, passages_file, tmp_path):
+    fast = (f"--model.name {tiny_model_dir} --inner_loop.epochs 1 --inner_loop.rank 4 --inner_loop.alpha 8 "
+            "--self_edit_sampling.max_new_tokens 16")
+    command = [sys.executable, str(ROOT / "experiments" / "small_scale.py"), "tune", "--passages", "2",
+               "--data", str(passages_file), "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+               "--temperatures", "1.0", "--formats", "open-book-qa", "--seal_args", fast]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    study = json.loads((tmp_path / "docs" / "small_scale.json").read_text())["tune"]
+    assert study["split"] == "tuning: passages 0-1"
+    distilled = [name for name in study["arms"] if name.endswith("-distill")]
+    assert set(study["arms"]) - set(distilled) == {"implications-t1.0", "open-book-qa-t1.0"} and len(distilled) == 1
+    for arm in study["arms"].values():
+        assert arm["vs_passage"]["contexts"] == 2 and arm["self-edit"]["n"] == 10
+        config = json.loads((tmp_path / "runs" / arm["run"] / "config.json").read_text())
+        assert config["limit"] == 2 and config["skip"] == 0 and config["conditions"] == ["self-edit"]
+    table = (tmp_path / "docs" / "small_scale.md").read_text()
+    assert "tuning: passages 0-1" in table and study["best"] in table
+    # a rerun redoes nothing: every run is finished
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "seal eval" not in rerun.stdout and "--conditions" not in rerun.stdout
