@@ -1,0 +1,78 @@
+"""Is the loglik reward less noisy than accuracy? Both rewards of the same self-edits, each from several inner loops.
+
+On tuning passages (SQuAD passages 0-99 of squad_dev200.json: `--limit` of them), the model samples `--k`
+self-edits per passage; every self-edit is learned by `--repeats` inner loops with different seeds, and each
+adapted model is scored both ways: accuracy (the grader's 0/1 on greedy closed-book answers) and loglik (the
+mean log-probability per token of the gold answers, teacher-forced). Printed:
+  - the correlation of the two rewards across self-edits (means over repeats);
+  - each reward's seed-to-seed reliability: the correlation, across self-edits, between the reward of inner
+    loop 1 and of inner loop 2 (1: seeds do not matter; 0: the reward is all noise), and the share of its
+    variance that lies between self-edits rather than between seeds of one self-edit.
+
+    python bench/reward_density.py [--data squad_dev200.json] [--limit 10] [--k 3] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from seal_lm.domains.knowledge import KnowledgeConfig, KnowledgeDomain
+from seal_lm.generation import make_generator
+from seal_lm.models import load_model
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad_dev200.json"
+
+
+def between_share(runs: list[list[float]]) -> float:
+    """Variance of the per-self-edit means over total variance (one-way ANOVA share; nan when constant)."""
+    total = statistics.pvariance([v for r in runs for v in r])
+    if total == 0 or len(runs) < 2:
+        return float("nan")
+    return 1 - statistics.fmean(statistics.pvariance(r) for r in runs) / total
+
+
+def correlation(x: list[float], y: list[float]) -> float:
+    return statistics.correlation(x, y) if len(set(x)) > 1 and len(set(y)) > 1 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--limit", type=int, default=10, help="tuning passages (from passage 0)")
+    parser.add_argument("--k", type=int, default=3, help="self-edits per passage")
+    parser.add_argument("--repeats", type=int, default=2, help="inner loops per self-edit (at least 2)")
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--out", default=None, help="write the raw rewards here as JSON")
+    args = parser.parse_args()
+    config = KnowledgeConfig(train_data=args.data, train_limit=args.limit, reward="loglik", reward_baseline="base")
+    config.model.name = args.model
+    config.validate()
+    domain = KnowledgeDomain(config)
+    passages = domain.training_contexts()
+    model = load_model(config.model)
+    started = time.perf_counter()
+    sampling = config.self_edit_sampling
+    sampling.n, sampling.seed = args.k, 0
+    completions = make_generator(model).generate([domain.self_edit_prompt(p) for p in passages], sampling)
+    scored = domain.score(model, passages, completions, args.repeats, seed=0)
+    seconds = time.perf_counter() - started
+    loglik = [runs for s in scored for runs in s.details["reward_runs"]]
+    accuracy = [runs for s in scored for runs in s.details["accuracy_runs"]]
+    rows = {
+        "self_edits": len(loglik), "passages": len(passages), "repeats": args.repeats, "seconds": seconds,
+        "loglik_vs_accuracy": correlation([statistics.fmean(r) for r in loglik], [statistics.fmean(r) for r in accuracy]),
+        "reliability": {name: correlation([r[0] for r in runs], [r[1] for r in runs])
+                        for name, runs in (("loglik", loglik), ("accuracy", accuracy))},
+        "between_share": {"loglik": between_share(loglik), "accuracy": between_share(accuracy)},
+    }
+    print(json.dumps(rows, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**rows, "loglik_runs": loglik, "accuracy_runs": accuracy}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
