@@ -103,8 +103,7 @@ def test_invalid_self_edits_are_drawn_again_until_k_are_valid_and_counted(monkey
     domain = ArcDomain(dataclasses.replace(CPU_PAPER, self_edits_per_task=2, self_edit_attempts=3))
     script = ["{bad", SELF_EDIT, "Here is my answer", SELF_EDIT.replace("0.0001", "0.001")]
     generator = ScriptedGenerator(lambda prompt, i: script[i])
-    monkeypatch.setattr(arc_domain, "make_generator", lambda model: generator)
-    texts, invalid = domain.sample_self_edits(None, domain.eval_tasks[:1], seed=0)
+    texts, invalid = domain.sample_self_edits(generator, domain.eval_tasks[:1], 2, seed=0)
     assert texts == [[SELF_EDIT, script[3]]] and invalid == [2]
     assert generator.calls == [(1, 2), (1, 1), (1, 1)]  # 2 wanted, then one at a time as they fail
 
@@ -396,6 +395,20 @@ def test_cpu_paper_eval_end_to_end_on_the_tiny_model_records_views_and_votes(tin
     assert main(["report", str(out)]) == 0
     page = (out / "report" / "index.html").read_text()
     assert "views and vote" in page and "attempt 2" in page and "Transpose()" in page and 'src="http' not in page
+
+
+def test_rest_em_rollouts_draw_invalid_self_edits_again_and_record_how_many(tiny_model_dir, tmp_path):
+    """seal train samples its rollouts through the domain, so the reference format redraws there too."""
+    out = tmp_path / "arc-train"
+    assert main(["train", "--domain", "arc", "--preset", "cpu-paper", "--model.name", str(tiny_model_dir),
+                 "--procedural_count", "1", "--max_examples", "4", "--self_edit_sampling.max_new_tokens", "12",
+                 "--rest_em.contexts_per_round", "1", "--rest_em.samples_per_context", "2",
+                 "--self_edit_attempts", "2", "--conditions", "[icl]", "--out", str(out), "--no-progress"]) == 0
+    rollouts = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rollouts = [r for r in rollouts if r["kind"] == "rollout"]
+    assert rollouts and all(len(r["completions"]) == 2 for r in rollouts)
+    for r in rollouts:  # a random tiny model writes no valid JSON: every draw up to the cap was discarded
+        assert r["details"]["invalid_samples"] == 2 * 2 and r["rewards"] == [0.0, 0.0]
 
 
 @pytest.mark.slow

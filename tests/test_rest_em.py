@@ -17,7 +17,7 @@ from seal_lm.adapters import merge_adapter, using
 from seal_lm.generation import GREEDY, HFGenerator, Prompt, SamplingParams
 from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import ModelSettings, load_model
-from seal_lm.domain import RestEmSettings, Scored, Units
+from seal_lm.domain import RestEmSettings, Scored, Units, sample_completions
 from seal_lm.recipes.rest_em import contexts_for_round, kept_indices, run_rest_em
 from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
 from seal_lm.runs import RunDir
@@ -99,6 +99,9 @@ class VowelDomain:
 
     def self_edit_prompt(self, context):
         return Prompt.single_turn(f"Write about {context.title}.")
+
+    def sample_self_edits(self, generator, contexts, n, seed):
+        return sample_completions(self, generator, contexts, n, seed), [0] * len(contexts)
 
     def score(self, model, contexts, completions, repeats, seed):
         return [Scored(self.baseline, [_vowel_share(c) for c in outs], {"seed": seed}) for outs in completions]

@@ -222,6 +222,11 @@ class Domain(Protocol):
 
     def self_edit_prompt(self, context: Any) -> Prompt: ...
 
+    def sample_self_edits(self, generator: Generator, contexts: Sequence[Any], n: int,
+                          seed: int) -> tuple[list[list[str]], list[int]]:
+        """`n` self-edits per context, and per context how many invalid samples were drawn and discarded
+        (for domains that draw again until enough are valid, as SEAL's ARC code does; 0 elsewhere)."""
+
     def score(self, model: LoadedModel, contexts: Sequence[Any], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
         """Per context: the reward of each completion after its inner loop(s), and the baseline."""
@@ -231,6 +236,13 @@ class Domain(Protocol):
 
     def summarize(self, records: Sequence[Record]) -> dict[str, Any]:
         """The summary of a run (`summary.json`): one row per condition, with the domain's labels and units."""
+
+
+def sample_completions(domain: Domain, generator: Generator, contexts: Sequence[Any], n: int,
+                       seed: int) -> list[list[str]]:
+    """`n` completions of each context's self-edit prompt, sampled as the domain samples self-edits."""
+    return generator.generate([domain.self_edit_prompt(c) for c in contexts],
+                              dataclasses.replace(domain.sampling, n=n, seed=seed))
 
 
 @dataclass

@@ -119,12 +119,13 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
     if not todo:
         return
     generator = make_generator(policy)  # the policy's weights equal its checkpoint, so vLLM may serve it
-    payloads, generation_seconds = [], []
+    payloads, generation_seconds, discarded_samples = [], [], []
     for group in tqdm(todo, desc=f"round {round_}: self-edits", unit="group", disable=not show_progress):
         unit_seed = derived_seed(seed, "rollout", round_, *(c.id for c in group))
         started = time.perf_counter()
-        params = dataclasses.replace(domain.sampling, n=settings.samples_per_context, seed=unit_seed)
-        payloads.append((group, generator.generate([domain.self_edit_prompt(c) for c in group], params), unit_seed))
+        completions, invalid = domain.sample_self_edits(generator, group, settings.samples_per_context, unit_seed)
+        payloads.append((group, completions, unit_seed))
+        discarded_samples.append(invalid)
         generation_seconds.append((time.perf_counter() - started) / len(group))
     work = functools.partial(_score_group, domain, settings.reward_repeats)
     with tqdm(total=len(contexts), initial=len(contexts) - sum(map(len, todo)), unit="context",
@@ -137,7 +138,7 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
             per_context = {"generation": generation_seconds[index],
                            "rewards": (time.perf_counter() - started) / len(group)}
             started = time.perf_counter()
-            for context, outs, result in zip(group, completions, scored):
+            for context, outs, result, discarded in zip(group, completions, scored, discarded_samples[index]):
                 if context.id in done:
                     continue
                 run.append(RolloutRecord(
@@ -145,7 +146,7 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
                     rewards=result.rewards, baseline=result.baseline,
                     gains=[r - result.baseline for r in result.rewards],
                     kept=kept_indices(result.rewards, result.baseline, settings.keep, settings.keep_k),
-                    details=result.details, seconds=per_context,
+                    details={**result.details, "invalid_samples": discarded}, seconds=per_context,
                 ))
             bar.update(len(group))
 

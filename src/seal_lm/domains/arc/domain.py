@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import seal_lm.domains.arc.reference as reference  # noqa: PLR0402 (the package imports this module)
 from seal_lm.config import ConfigError, at_least, one_of
-from seal_lm.domain import RestEmSettings, Scored, Units, condition_row, summary
+from seal_lm.domain import RestEmSettings, Scored, Units, condition_row, sample_completions, summary
 from seal_lm.domains.arc.augment import voting_augmentations
 from seal_lm.domains.arc.formats import (
     EPOCH_BOUNDS,
@@ -53,7 +53,7 @@ from seal_lm.domains.arc.ttt import (
     training_pairs,
 )
 from seal_lm.errors import SealError
-from seal_lm.generation import Prompt, SamplingParams, encode_prompt, make_generator
+from seal_lm.generation import Generator, Prompt, SamplingParams, encode_prompt, make_generator
 from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, display_name
 from seal_lm.records import EvalRecord, Record
@@ -370,15 +370,14 @@ class ArcDomain:
             n += len(ps)
         return out
 
-    def sample_self_edits(self, model: LoadedModel, tasks: Sequence[Task], seed: int) -> tuple[list[list[str]], list[int]]:
-        """self_edits_per_task whole self-edits per task, and how many invalid ones were drawn and discarded. The
+    def sample_self_edits(self, generator: Generator, tasks: Sequence[Task], wanted: int,
+                          seed: int) -> tuple[list[list[str]], list[int]]:
+        """`wanted` whole self-edits per task, and how many invalid ones were drawn and discarded. The
         reference format redraws invalid ones (few-shot/self-edit.py) up to self_edit_attempts per self-edit."""
-        generator = make_generator(model)
-        prompts = [self.self_edit_prompt(t) for t in tasks]
-        wanted = self.config.self_edits_per_task
         if self.config.self_edit_format != "reference":
-            sampled = generator.generate(prompts, dataclasses.replace(self.sampling, n=wanted, seed=seed))
+            sampled = sample_completions(self, generator, tasks, wanted, seed)
             return [[self.self_edit_text(c) for c in outs] for outs in sampled], [0] * len(tasks)
+        prompts = [self.self_edit_prompt(t) for t in tasks]
         budget = wanted * self.config.self_edit_attempts
         valid: list[list[str]] = [[] for _ in tasks]
         invalid: list[list[str]] = [[] for _ in tasks]
@@ -431,7 +430,8 @@ class ArcDomain:
             if condition == "oracle":
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
-                texts, invalid = self.sample_self_edits(model, tasks, seed)
+                texts, invalid = self.sample_self_edits(make_generator(model), tasks, self.config.self_edits_per_task,
+                                                        seed)
             parsed = [[self.parse(x) for x in outs] for outs in texts]
             flat, flat_predicted, flat_notes, flat_cases = self.solve(
                 model, [t for t, ps in zip(tasks, parsed) for _ in ps], [p.config for ps in parsed for p in ps], seed)

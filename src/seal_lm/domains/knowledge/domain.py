@@ -23,6 +23,7 @@ from seal_lm.domain import (
     Update,
     headline_pair,
     paired_differences,
+    sample_completions,
     summary,
 )
 from seal_lm.domains.knowledge.data import (
@@ -302,6 +303,11 @@ class KnowledgeDomain:
 
     def self_edit_prompt(self, context: Passage) -> Prompt:
         return self.fmt.prompt(context)
+
+    def sample_self_edits(self, generator: Generator, contexts: Sequence[Passage], n: int,
+                          seed: int) -> tuple[list[list[str]], list[int]]:
+        """Every completion counts (an unusable one is learned as nothing and scored as such), as in SEAL."""
+        return sample_completions(self, generator, contexts, n, seed), [0] * len(contexts)
 
     def score(self, model: LoadedModel, contexts: Sequence[Passage], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:
