@@ -201,14 +201,14 @@ def read_grid(text: str) -> Grid | None:
 # ---- the vote (few-shot/arclib/voting.py), with Python's sets and numpy's argmax/argsort as it uses them, so
 # that ties break as they do there
 
-def _as_grid(array: np.ndarray) -> Grid:
-    return tuple(tuple(int(v) for v in row) for row in array)
+def as_grid(array: np.ndarray) -> Grid:
+    return tuple(tuple(int(v) for v in row) for row in np.asarray(array))
 
 
 def _row_majority(outputs: list[Grid], transpose: bool = False) -> Grid:
     """voting.py `row_base_majority_voting`: the most common shape, then the most common row at each height."""
     if transpose:
-        outputs = [_as_grid(np.array(o).T) for o in outputs]
+        outputs = [as_grid(np.array(o).T) for o in outputs]
     shapes = [np.array(o).shape for o in outputs]
     shape = max(set(shapes), key=shapes.count)
     rows = []
@@ -216,7 +216,7 @@ def _row_majority(outputs: list[Grid], transpose: bool = False) -> Grid:
         candidates = [o[r] for o in outputs if len(o) > r and len(o[r]) == shape[1]]
         rows.append(max(set(candidates), key=candidates.count))
     array = np.array(rows)
-    return _as_grid(array.T if transpose else array)
+    return as_grid(array.T if transpose else array)
 
 
 def _top_three(outputs: list[Grid]) -> tuple[Grid | None, Grid | None, Grid | None]:

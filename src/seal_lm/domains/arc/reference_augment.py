@@ -21,7 +21,7 @@ import numpy as np
 from numpy.random import RandomState
 
 from seal_lm.domains.arc.grids import MAX_GRID_SIZE, Grid
-from seal_lm.domains.arc.reference import answer_text, task_prompt
+from seal_lm.domains.arc.reference import answer_text, as_grid, task_prompt
 from seal_lm.generation import Prompt
 
 Pair = tuple[Grid, Grid | None]  # a test pair's output is None where it is not known
@@ -32,10 +32,6 @@ MAX_EXAMPLES = 250  # self-edit.py process_task(Nmax=250)
 LEAVE_OUT = (1, 2)  # self-edit.py process_task(leave_n=[1, 2])
 VIEW_PERMUTATIONS = 2  # eval-self-edits.py --permute_n default 2
 VIEW_LEAVE_OUT = 1  # README.md and launch.sh: eval-self-edits.py --include_n=1
-
-
-def _as_grid(array: np.ndarray) -> Grid:
-    return tuple(tuple(int(v) for v in row) for row in np.asarray(array))
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ class Augmenter:
             for part in self.parts:
                 grid = part.grid(grid, rng)
             return grid
-        return _as_grid(self.fn(np.array(grid), rng))
+        return as_grid(self.fn(np.array(grid), rng))
 
     def apply_to_task(self, task: RefTask, rng: RandomState | None) -> RefTask:
         """Augmenter.apply_to_task (Chain: each part's in turn): every grid of every example, input first."""
