@@ -5,6 +5,8 @@ choice below is made; passages 100-199 are held out and evaluated once, with the
 
     python experiments/small_scale.py tune [--passages 20]      # stages 1-3 below, resumable
     python experiments/small_scale.py heldout [--passages 100]  # the chosen arm on passages 100-..., once
+    python experiments/small_scale.py rest-em [--passages 60]   # ReST-EM with it: tuning passages train,
+                                                                # held-out passages 100-... evaluate
     python experiments/small_scale.py table                     # docs/results/small_scale.{md,json}
 
 Tuning stages, each arm a `seal eval` run of the self-edit condition only (base and passage-only training
@@ -14,7 +16,9 @@ difference "passage + self-edit" - "train on passage" over the same questions, r
   2. formats at the best temperature: rewrite, self-qa, open-book-qa, and SEAL's reference prompts (with
      SEAL's split);
   3. the update rule: context distillation (--update distill) on the best arm so far, against its SFT.
-The best arm is the one with the largest mean paired difference. Every run directory keeps its config;
+The best arm is the one with the largest mean paired difference. The rest-em stage runs `seal train` with
+the best arm: 3 rounds x 20 tuning passages x 5 self-edits (the training passages are the tuning split's,
+never the held-out ones), every round evaluated on the held-out passages, paired against each other. Every run directory keeps its config;
 the table records which split each run used. A rerun resumes each run where it stopped.
 """
 
@@ -107,13 +111,31 @@ def tune(runs: Path, passages: int, data: Path, common: list[str], temperatures:
             "base": accuracy(scores(baselines, "base")), "passage": accuracy(passage), "arms": arms, "best": best}
 
 
-def heldout(runs: Path, passages: int, data: Path, common: list[str], arm: dict) -> dict:
-    split = ["--skip", str(HELD_OUT_START), "--limit", str(passages)]
+def heldout(runs: Path, passages: int, data: Path, common: list[str], arm: dict, start: int) -> dict:
+    split = ["--skip", str(start), "--limit", str(passages)]
     run = run_eval(runs, "heldout", split, ["--conditions", "[base,passage,self-edit]", *arm["args"]], data,
                    common)
     summary = json.loads((run / "summary.json").read_text())
-    return {"split": f"held out: passages {HELD_OUT_START}-{HELD_OUT_START + passages - 1}",
+    return {"split": f"held out: passages {start}-{start + passages - 1}",
             "args": arm["args"], "conditions": {k: v["accuracy"][GRADER] for k, v in summary["conditions"].items()},
+            "paired": summary.get("paired", {})}
+
+
+REST_EM = ["--rest_em.rounds", "3", "--rest_em.contexts_per_round", "20", "--rest_em.samples_per_context", "5"]
+
+
+def rest_em(runs: Path, passages: int, data: Path, common: list[str], arm: dict, start: int) -> dict:
+    """`seal train` with the chosen arm: rounds learn from the tuning split, every row is on held-out passages."""
+    out = runs / "rest-em"
+    command = [str(Path(sys.executable).parent / "seal"), "train", "--train_data", str(data), "--train_limit",
+               str(start), "--data", str(data), "--skip", str(start), "--limit", str(passages),
+               *REST_EM, *arm["args"], *common, "--out", str(out), "--no_progress"]
+    print(f"[{time.strftime('%H:%M:%S')}] rest-em: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)  # resumes where a killed run stopped
+    summary = json.loads((out / "summary.json").read_text())
+    return {"split": f"trained on passages 0-{start - 1}, held out: passages {start}-{start + passages - 1}",
+            "args": REST_EM + arm["args"],
+            "conditions": {k: v["accuracy"][GRADER] for k, v in summary["conditions"].items()},
             "paired": summary.get("paired", {})}
 
 
@@ -131,19 +153,23 @@ def write_table(study: dict, docs: Path) -> None:
     for name, arm in study["tune"]["arms"].items():
         lines.append(f"| {name} | {pct(arm['self-edit'])} | {diff(arm['vs_passage'])} |")
     lines += ["", f"Best on the tuning split: **{study['tune']['best']}**."]
-    if "heldout" in study:
-        h = study["heldout"]
-        lines += ["", f"Held out ({h['split']}, evaluated once, `{' '.join(h['args'])}`):", ""]
-        lines += [f"- {k}: {pct(v)}" for k, v in h["conditions"].items()]
-        lines += [f"- {v['label']}: {diff(v)}" for v in h["paired"].values()]
+    for stage, title in (("heldout", "Held out, evaluated once"), ("rest_em", "ReST-EM")):
+        if stage in study:
+            h = study[stage]
+            lines += ["", f"{title} ({h['split']}, `{' '.join(h['args'])}`):", ""]
+            lines += [f"- {k}: {pct(v)}" for k, v in h["conditions"].items()]
+            lines += [f"- {v['label']}: {diff(v)}" for v in h["paired"].values()]
     (docs / "small_scale.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("tune", "heldout", "table"))
-    parser.add_argument("--passages", type=int, default=None, help="tune: 20 (of 0-99); heldout: 100 (100-199)")
+    parser.add_argument("stage", choices=("tune", "heldout", "rest-em", "table"))
+    parser.add_argument("--passages", type=int, default=None,
+                        help="tune: 20 (of 0-99); heldout: 100 (100-199); rest-em: 60 held-out passages")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--held_out_start", type=int, default=HELD_OUT_START,
+                        help="the first held-out passage; the tuning split is every passage before it")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "small-scale")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
@@ -156,13 +182,18 @@ def main() -> None:
     study_file = args.runs / "study.json"
     study = json.loads(study_file.read_text()) if study_file.exists() else {}
     if args.stage == "tune":
+        if (args.passages or 20) > args.held_out_start:
+            sys.exit(f"small_scale.py: --passages: the tuning split has only {args.held_out_start} passages")
         study["tune"] = tune(args.runs, args.passages or 20, args.data, common, args.temperatures, args.formats)
         study["tune"]["command"] = " ".join(["python experiments/small_scale.py", *sys.argv[1:]])
-    elif args.stage == "heldout":
+    elif args.stage in ("heldout", "rest-em"):
         if "tune" not in study:
             sys.exit("small_scale.py: run the tune stage first: the held-out split is evaluated with its choice")
         best = study["tune"]["arms"][study["tune"]["best"]]
-        study["heldout"] = heldout(args.runs, args.passages or 100, args.data, common, best)
+        if args.stage == "heldout":
+            study["heldout"] = heldout(args.runs, args.passages or 100, args.data, common, best, args.held_out_start)
+        else:
+            study["rest_em"] = rest_em(args.runs, args.passages or 60, args.data, common, best, args.held_out_start)
     elif "tune" not in study:
         sys.exit(f"small_scale.py: no study in {args.runs} yet: run the tune stage first")
     study_file.parent.mkdir(parents=True, exist_ok=True)

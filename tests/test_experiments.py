@@ -9,24 +9,35 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_small_scale_study_tunes_on_the_tuning_split_and_pairs_every_arm_with_passage_training(
+def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evaluates_held_out_passages(
         tiny_model_dir, passages_file, tmp_path):
     fast = (f"--model.name {tiny_model_dir} --inner_loop.epochs 1 --inner_loop.rank 4 --inner_loop.alpha 8 "
             "--self_edit_sampling.max_new_tokens 16")
-    command = [sys.executable, str(ROOT / "experiments" / "small_scale.py"), "tune", "--passages", "2",
+    command = [sys.executable, str(ROOT / "experiments" / "small_scale.py"), "tune", "--passages", "1",
+               "--held_out_start", "1",
                "--data", str(passages_file), "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                "--temperatures", "1.0", "--formats", "open-book-qa", "--seal_args", fast]
     subprocess.run(command, check=True, capture_output=True, text=True)
     study = json.loads((tmp_path / "docs" / "small_scale.json").read_text())["tune"]
-    assert study["split"] == "tuning: passages 0-1"
+    assert study["split"] == "tuning: passages 0-0"
     distilled = [name for name in study["arms"] if name.endswith("-distill")]
     assert set(study["arms"]) - set(distilled) == {"implications-t1.0", "open-book-qa-t1.0"} and len(distilled) == 1
     for arm in study["arms"].values():
-        assert arm["vs_passage"]["contexts"] == 2 and arm["self-edit"]["n"] == 10
+        assert arm["vs_passage"]["contexts"] == 1 and arm["self-edit"]["n"] == 5
         config = json.loads((tmp_path / "runs" / arm["run"] / "config.json").read_text())
-        assert config["limit"] == 2 and config["skip"] == 0 and config["conditions"] == ["self-edit"]
+        assert config["limit"] == 1 and config["skip"] == 0 and config["conditions"] == ["self-edit"]
     table = (tmp_path / "docs" / "small_scale.md").read_text()
-    assert "tuning: passages 0-1" in table and study["best"] in table
+    assert "tuning: passages 0-0" in table and study["best"] in table
     # a rerun redoes nothing: every run is finished
     rerun = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "seal eval" not in rerun.stdout and "--conditions" not in rerun.stdout
+    # ReST-EM with the chosen arm: it learns from the tuning passage and is evaluated on the held-out one
+    rest_em = [*command[:2], "rest-em", "--passages", "1", *command[5:]]
+    subprocess.run(rest_em, check=True, capture_output=True, text=True)
+    trained = json.loads((tmp_path / "docs" / "small_scale.json").read_text())["rest_em"]
+    assert trained["split"] == "trained on passages 0-0, held out: passages 1-1"
+    assert {"base", "passage", "self-edit", "round-3"} <= set(trained["conditions"])
+    assert trained["conditions"]["round-3"]["n"] == 5 and any("round 3" in v["label"] for v in trained["paired"].values())
+    config = json.loads((tmp_path / "runs" / "rest-em" / "config.json").read_text())
+    assert (config["skip"], config["limit"], config["train_limit"]) == (1, 1, 1)
+    assert config["format"] == study["arms"][study["best"]]["args"][1]
