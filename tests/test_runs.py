@@ -100,3 +100,18 @@ def test_one_writer_per_run_directory_and_a_killed_holder_never_blocks(tmp_path)
             assert time.time() < deadline
             time.sleep(0.1)
     assert (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_setting_added_since_a_run_started_resumes_at_its_default_and_not_otherwise(tmp_path):
+    """A run started before seal-lm had `update` resumes when the setting is at its default; config.json is
+    completed; a non-default value is refused as any other change."""
+    RunDir(tmp_path, {"seed": 0, "inner_loop": {"epochs": 10}}, TYPES)
+    defaults = {"seed": 0, "update": "sft", "inner_loop": {"epochs": 10, "top_k": 64}}
+    RunDir(tmp_path, {"seed": 0, "update": "sft", "inner_loop": {"epochs": 10, "top_k": 64}}, TYPES, defaults=defaults)
+    assert json.loads((tmp_path / "config.json").read_text())["inner_loop"]["top_k"] == 64
+    with pytest.raises(SealError, match="different config .*update"):
+        RunDir(tmp_path, {"seed": 0, "update": "distill", "inner_loop": {"epochs": 10, "top_k": 64}}, TYPES,
+               defaults=defaults)
+    with pytest.raises(SealError, match="different config .*update"):  # without defaults, nothing is assumed
+        RunDir(tmp_path / "other", {"seed": 0}, TYPES)
+        RunDir(tmp_path / "other", {"seed": 0, "update": "sft"}, TYPES)

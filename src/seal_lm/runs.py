@@ -98,8 +98,12 @@ def one_writer(recipe: Callable[..., Any]) -> Callable[..., Any]:
 class RunDir:
     """A run's directory. `records` holds what finished before, including in an earlier process."""
 
-    def __init__(self, path: str | Path, config: dict[str, Any], types: RecordTypes, tracker: Tracker | None = None):
-        """`tracker` (seal_lm.tracking) sees every record appended and every summary written from now on."""
+    def __init__(self, path: str | Path, config: dict[str, Any], types: RecordTypes, tracker: Tracker | None = None,
+                 defaults: dict[str, Any] | None = None):
+        """`tracker` (seal_lm.tracking) sees every record appended and every summary written from now on.
+        `defaults` (the config class's defaults, as `config_defaults` gives them): a setting that an earlier
+        seal-lm did not have, and so is absent from the directory's config.json, matches when it has its
+        default value; config.json is then completed with it."""
         self.tracker = tracker or Tracker()
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -108,11 +112,14 @@ class RunDir:
         config_path = self.path / CONFIG_FILE
         if config_path.exists():
             previous = read_config(self.path)
-            if previous != config:
-                changed = sorted(k for k in _dotted(previous) | _dotted(config)
-                                 if _at(previous, k) != _at(config, k))
+            known = _dotted(previous)
+            changed = sorted(k for k in known | _dotted(config) if _at(previous, k) != _at(config, k)
+                             and not (k not in known and defaults is not None and _at(config, k) == _at(defaults, k)))
+            if changed:
                 raise SealError(f"{config_path}: run directory holds a run with a different config "
                                 f"(fields: {', '.join(changed[:6])}); choose another --out")
+            if previous != config:  # only settings added since, at their defaults: record them too
+                _write_atomic(config_path, json.dumps(config, indent=2))
         else:
             _write_atomic(config_path, json.dumps(config, indent=2))
         self.records: list[Record] = read_records(self.path / RESULTS_FILE, types, repair=True)
@@ -151,6 +158,14 @@ class RunDir:
 def run_config(command: str, domain: str, config: Any) -> dict[str, Any]:
     """What config.json holds: the command, the domain and every setting (itself a valid --config file)."""
     return {"command": command, "domain": domain, **as_dict(config)}
+
+
+def config_defaults(config: Any) -> dict[str, Any] | None:
+    """The defaults of `config`'s class as config.json would store them (None if it has required fields)."""
+    try:
+        return json.loads(json.dumps(as_dict(type(config)()), default=str))
+    except TypeError:
+        return None
 
 
 def runtime_info(loaded: LoadedModel, generation_backend: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from seal_lm.models import display_name, load_model
 from seal_lm.recipes.continual import ContinualRunner, read_general_prompts
 from seal_lm.records import SelfCheckBeforeRecord, SelfCheckQuestionsRecord, StepRecord, record_types
 from seal_lm.tracking import Tracker
-from seal_lm.runs import RunDir, one_writer, run_config, runtime_info
+from seal_lm.runs import RunDir, config_defaults, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
 
@@ -40,7 +40,8 @@ def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = Tr
         read_general_prompts(domain.continual.guard_settings.general_prompts)
     documents = domain.load_documents(settings.documents)
     run = RunDir(out, run_config("adapt", domain.name, domain.config),
-                 record_types(SelfCheckQuestionsRecord, SelfCheckBeforeRecord, StepRecord), tracker)
+                 record_types(SelfCheckQuestionsRecord, SelfCheckBeforeRecord, StepRecord), tracker,
+                 defaults=config_defaults(domain.config))
     loaded = load_model(domain.config.model)
     run.note_runtime(runtime_info(loaded, "hf"))
     questions = next(iter(run.of(SelfCheckQuestionsRecord)), None)

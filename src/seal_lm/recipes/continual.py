@@ -37,7 +37,7 @@ from seal_lm.inner_loop import LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, display_name, load_model
 from seal_lm.records import StepRecord, record_types
 from seal_lm.tracking import Tracker
-from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
+from seal_lm.runs import RunDir, config_defaults, derived_seed, one_writer, run_config, runtime_info
 from seal_lm.stats import mean_with_interval
 
 
@@ -238,7 +238,8 @@ def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool
     if settings.guard_settings.general_prompts:
         read_general_prompts(settings.guard_settings.general_prompts)  # a bad file fails before any work
     contexts = domain.sequence_contexts()  # the pool: each sequence learns `passages` of them
-    run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord), tracker)
+    run = RunDir(out, run_config("continual", domain.name, domain.config), record_types(StepRecord), tracker,
+                 defaults=config_defaults(domain.config))
     variants = settings.variants()
     total = len(variants) * settings.orders * settings.passages
     finished = len(run.of(StepRecord))

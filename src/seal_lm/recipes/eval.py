@@ -15,14 +15,15 @@ from seal_lm.generation import backend_name
 from seal_lm.models import load_model
 from seal_lm.records import record_types
 from seal_lm.tracking import Tracker
-from seal_lm.runs import RunDir, one_writer, run_config, runtime_info
+from seal_lm.runs import RunDir, config_defaults, one_writer, run_config, runtime_info
 
 
 @one_writer
 def run_eval(domain: Domain, out: str | Path, show_progress: bool = True, command: str = "eval",
              tracker: Tracker | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation into `out`; return the summary that is also written there."""
-    run = RunDir(out, run_config(command, domain.name, domain.config), record_types(domain.eval_record), tracker)
+    run = RunDir(out, run_config(command, domain.name, domain.config), record_types(domain.eval_record), tracker,
+                 defaults=config_defaults(domain.config))
     model = load_model(domain.config.model)
     run.note_runtime(runtime_info(model, backend_name(model)))
     domain.evaluate(model, 0, run, show_progress)

@@ -38,7 +38,7 @@ from seal_lm.inner_loop import Example, LoraUpdater, TrainJob
 from seal_lm.models import LoadedModel, ModelSettings, load_model
 from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
 from seal_lm.tracking import Tracker
-from seal_lm.runs import RunDir, derived_seed, one_writer, run_config, runtime_info
+from seal_lm.runs import RunDir, config_defaults, derived_seed, one_writer, run_config, runtime_info
 
 
 def kept_indices(rewards: Sequence[float], baseline: float, rule: str, k: int = 2) -> list[int]:
@@ -75,7 +75,8 @@ def run_rest_em(domain: Domain, out: str | Path, show_progress: bool = True,
     inner loops run on `executor` (default: in this process); everything else runs here."""
     settings, model_settings, seed = domain.config.rest_em, domain.config.model, domain.config.seed
     run = RunDir(out, run_config("train", domain.name, domain.config),
-                 record_types(domain.eval_record, RolloutRecord, PolicyUpdateRecord), tracker)
+                 record_types(domain.eval_record, RolloutRecord, PolicyUpdateRecord), tracker,
+                 defaults=config_defaults(domain.config))
     domain.training_contexts()  # a bad training set fails before any work
     executor_ = (executor or ExecutorSettings()).create()
     try:
