@@ -160,8 +160,9 @@ def test_not_a_run_directory(train_run, tmp_path, missing):
     assert str(copy / missing) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_page_renders_in_headless_chromium_without_errors_and_every_image_loads(train_run):
-    """Debian's chromium and chromium-driver, through selenium; skipped where they are not installed."""
+def _render_in_chromium(page: Path, script: str) -> tuple[object, list[dict]]:
+    """`script`'s value on `page` opened in headless Chromium, and the console's errors. Debian's chromium and
+    chromium-driver, through selenium; the test is skipped where they are not installed."""
     import shutil
 
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
@@ -171,7 +172,6 @@ def test_the_page_renders_in_headless_chromium_without_errors_and_every_image_lo
     webdriver = pytest.importorskip("selenium.webdriver", reason="headless check needs selenium")
     from selenium.webdriver.chrome.service import Service
 
-    out, _ = train_run
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -179,11 +179,34 @@ def test_the_page_renders_in_headless_chromium_without_errors_and_every_image_lo
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
-        browser.get((out / "report" / "index.html").resolve().as_uri())
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+        browser.get(page.resolve().as_uri())
+        value = browser.execute_script(script)
         errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     finally:
         browser.quit()
+    return value, errors
+
+
+IMAGES = "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])"
+
+
+def test_the_page_renders_in_headless_chromium_without_errors_and_every_image_loads(train_run):
+    out, _ = train_run
+    images, errors = _render_in_chromium(out / "report" / "index.html", IMAGES)
     assert len(images) == 5 and all(ok for ok, _ in images), images
     assert errors == []
+
+
+def test_an_arc_report_shows_each_views_answer_and_the_vote_in_headless_chromium(tiny_model_dir, tmp_path):
+    out = tmp_path / "arc"
+    assert main(["eval", "--domain", "arc", "--preset", "cpu-paper", "--model.name", str(tiny_model_dir),
+                 "--procedural_count", "1", "--max_examples", "4", "--self_edit_sampling.max_new_tokens", "16",
+                 "--self_edit_attempts", "1", "--out", str(out), "--no-progress"]) == 0
+    write_report(out)
+    script = ("return [Array.from(document.images).map(i => i.complete && i.naturalWidth > 0), "
+              "document.querySelectorAll('details').length, document.querySelectorAll('table').length, "
+              "document.body.textContent]")
+    (images, details, tables, text), errors = _render_in_chromium(out / "report" / "index.html", script)
+    assert errors == [] and all(images)
+    assert details >= 3 and tables > 3  # a views-and-vote block per condition, each grid a table
+    assert "attempt 1" in text and "attempt 2" in text
