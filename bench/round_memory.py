@@ -11,7 +11,7 @@
      policy's weights in place.
    A third process that stops after the SFT gives the memory both variants start from.
 
-    python bench/round_memory.py [--model embedded] [--passages 2] [--samples 2]
+    python bench/round_memory.py [--model embedded | --shape llama-3.2-1b] [--passages 2] [--samples 2]
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ if variant == "reference":
 elif variant == "seal-lm":
     save_merged(policy, adapter, out)
     LoraUpdater(policy, update).mean_loss(examples)
+import torch
 print(json.dumps({"variant": variant, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "device_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0,
                   "before_merge_kib": before_merge, "weight_bytes": weight_bytes,
                   "dtype": str(policy.model.dtype)}))
 '''
 
 PEAK_REPORTING_CLI = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "import atexit, resource, sys, torch\n"
+    "atexit.register(lambda: print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'DEVICE_MIB',\n"
+    "    torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0, file=sys.stderr))\n"
     "from seal_lm.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
@@ -74,37 +77,46 @@ def policy_update(variant: str, model: str, root: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def whole_round(args: argparse.Namespace, root: Path) -> tuple[float, float]:
+def whole_round(args: argparse.Namespace, root: Path) -> tuple[float, float, float]:
     command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--model.name", args.model,
                "--rest_em.rounds", "1", "--rest_em.contexts_per_round", str(args.passages),
                "--rest_em.samples_per_context", str(args.samples), "--limit", "1", "--no-progress",
                "--out", str(root / "round")]
     started = time.perf_counter()
     done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return int(done.stderr.rsplit("PEAK_KIB ", 1)[1].split()[0]) / 1024, time.perf_counter() - started
+    host_kib, _, device_mib = done.stderr.rsplit("PEAK_KIB ", 1)[1].split()[:3]
+    return int(host_kib) / 1024, float(device_mib), time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="any model.name value (default: embedded)")
+    parser.add_argument("--shape", help="instead of --model: a random-weight architecture from shapes.py (timing and "
+                                        "memory only), e.g. llama-3.2-1b")
     parser.add_argument("--passages", type=int, default=2, help="training passages in the round (default 2)")
     parser.add_argument("--samples", type=int, default=2, help="self-edits per passage (default 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.shape:
+            from shapes import save_random_model
+
+            args.model = save_random_model(args.shape, str(root / "model"))
         rows = [policy_update(v, args.model, root) for v in ("sft-only", "reference", "seal-lm")]
-        round_mib, round_s = whole_round(args, root)
+        round_mib, round_device_mib, round_s = whole_round(args, root)
     weight_mib = rows[0]["weight_bytes"] / 2**20
-    print(f"model {args.model}: weights {weight_mib:.0f} MiB in {rows[0]['dtype']}\n")
-    print(f"{'policy update':<14}{'peak MiB':>10}{'x weights':>11}{'merge adds MiB':>16}")
+    print(f"model {args.shape or args.model}: weights {weight_mib:.0f} MiB in {rows[0]['dtype']}\n")
+    print(f"{'policy update':<14}{'peak MiB':>10}{'x weights':>11}{'merge adds MiB':>16}{'device MiB':>12}")
     for row in rows:
         peak = row["peak_kib"] / 1024
         added = peak - row["before_merge_kib"] / 1024
-        print(f"{row['variant']:<14}{peak:>10.0f}{peak / weight_mib:>11.1f}{added:>16.0f}")
+        print(f"{row['variant']:<14}{peak:>10.0f}{peak / weight_mib:>11.1f}{added:>16.0f}"
+              f"{row['device_peak_mib']:>12.0f}")
     reference, ours = rows[1]["peak_kib"], rows[2]["peak_kib"]
     print(f"\nreference / seal-lm peak: {reference / ours:.2f}x")
     print(f"whole cpu-demo round ({args.passages} passages x {args.samples} self-edits, 1 held-out passage): "
-          f"peak {round_mib:.0f} MiB = {round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s")
+          f"peak {round_mib:.0f} MiB = {round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s"
+          + (f"; device peak {round_device_mib:.0f} MiB = {round_device_mib / weight_mib:.1f}x" if round_device_mib else ""))
 
 
 if __name__ == "__main__":

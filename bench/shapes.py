@@ -47,5 +47,14 @@ def random_model(shape: str, device: str = "cpu", dtype: str = "bfloat16", seed:
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"{shape} (random)", source=shape)
 
 
+def save_random_model(shape: str, directory: str, dtype: str = "bfloat16") -> str:
+    """`shape` with random weights saved as a model directory (weights and tokenizer), for commands that take a
+    model.name; returns the directory."""
+    loaded = random_model(shape, "cpu", dtype)
+    loaded.model.save_pretrained(directory)
+    loaded.tokenizer.save_pretrained(directory)
+    return directory
+
+
 def weight_bytes(loaded: LoadedModel) -> int:
     return sum(p.numel() * p.element_size() for p in loaded.model.parameters())

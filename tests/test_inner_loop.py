@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
-from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, TrainJob, pack_sequences
+from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, StepGraphs, TrainJob, pack_sequences
 from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import ModelSettings, load_model
 from seal_lm.multi_lora import MultiLoraLinear, TokenRouting, injected
@@ -119,8 +119,10 @@ def test_ops_of_a_training_step_do_not_grow_with_the_number_of_adapters(tiny):
             optimizer = torch.optim.AdamW([{"params": [row]} for row in lora.optimizer_rows()], fused=True)
             tiny.model.train()
             try:
-                with _KernelOps() as ops:
-                    updater._accumulate_gradients(lora, batch, k, per_sequence=False)  # the GPU path
+                packed, weights, _ = updater.step_batch(batch, k, None)
+                lora.route(TokenRouting.from_owners(packed.owners, tiny.device))
+                with _KernelOps() as ops:  # the GPU path: no per-sequence attention
+                    updater.loss_and_backward(packed.to(tiny.device), weights.to(tiny.device), {}, k)
                     if optimize:
                         optimizer.step()
                         lora.gradients.zero_()
@@ -247,6 +249,38 @@ def test_paper_defaults():
     d = InnerLoopSettings()
     assert (d.rank, d.alpha, d.learning_rate, d.epochs, d.batch_size, d.dropout) == (32, 64, 1e-3, 10, 1, 0.0)
     assert d.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("labels", ["content", "padded"])
+def test_graph_steps_train_what_eager_steps_train(tiny, labels, monkeypatch):
+    """inner_loop.cuda_graph pads each step to a power-of-two shape and, on CUDA, captures each shape once and
+    replays it: every adapter ends as the eager steps leave it, with fewer shapes than steps."""
+    base = replace(FAST, labels=labels, max_length=48 if labels == "padded" else 2048)
+    jobs = [TrainJob(SEQUENCES, base),
+            TrainJob(SEQUENCES[:1], replace(base, learning_rate=3e-3, seed=5, max_grad_norm=0.05)),
+            TrainJob([SEQUENCES[2], SEQUENCES[0], "Orlan Vesk\nshort."], replace(base, epochs=4, batch_size=2, seed=9))]
+    recorded: list[StepGraphs] = []
+    init = StepGraphs.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        recorded.append(self)
+
+    monkeypatch.setattr(StepGraphs, "__init__", recording)
+    eager = LoraUpdater(tiny, base, max_row_tokens=64).train(jobs)
+    assert not recorded
+    graphed = LoraUpdater(tiny, base, max_row_tokens=64).train(
+        [replace(job, settings=replace(job.settings, cuda_graph=True)) for job in jobs])
+    for e, g in zip(eager, graphed):
+        assert g.step_losses == pytest.approx(e.step_losses, rel=1e-4)
+        for name, (a, b) in e.adapter.weights.items():
+            ga, gb = g.adapter.weights[name]
+            assert torch.allclose(ga, a, atol=1e-5) and torch.allclose(gb, b, atol=1e-5), name
+    steps, = {len(g.step_losses) for g in graphed[:1]}
+    (graphs,) = recorded
+    assert 1 <= len(graphs.shapes) < steps
+    captured = [s.graph is not None for s in graphs.shapes.values()]
+    assert all(captured) if torch.device(tiny.device).type == "cuda" else not any(captured)
 
 
 def test_empty_job_is_rejected(tiny):

@@ -63,6 +63,10 @@ class InnerLoopSettings:
     """content: the loss covers a sequence's own tokens (and the EOS appended to it), never padding; padded: as
     SEAL's inner loop, every sequence is padded with EOS to max_length and the mean loss runs over every position,
     padding included (the content's share of the gradient is its share of max_length)"""
+    cuda_graph: bool = False
+    """capture each training step (forward, backward, clipping, AdamW) as a CUDA graph and replay it, one graph per
+    step shape: rows, widths and LoRA slots are padded to powers of two so that few shapes exist. Removes the
+    kernel-launch overhead that bounds small models on a GPU. Elsewhere the same padded step runs uncaptured"""
     distill_top_k: int = 64
     """context distillation (jobs with a teacher context): the teacher's k most likely next tokens per position,
     renormalised, are the target (the full distribution would be [tokens, vocab] floats per sequence)"""
@@ -96,7 +100,8 @@ class InnerLoopSettings:
 
     def shape_key(self) -> tuple:
         """Jobs with equal keys can be trained together in one multi-adapter pass."""
-        return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length, self.labels)
+        return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length, self.labels,
+                self.cuda_graph)
 
 
 @dataclass(frozen=True)
@@ -225,26 +230,31 @@ class LoraUpdater:
             # One parameter group per adapter, its row of the weights: its own learning rate, and its own
             # Adam state, updated in one fused call.
             rows = lora.optimizer_rows()
-            optimizer = torch.optim.AdamW([{"params": [row], "lr": s.learning_rate} for row, s in zip(rows, settings)],
-                                          weight_decay=0.0, fused=_fused_supported(model))
+            # Distillation's soft targets vary in shape with the sequences: those jobs always run eagerly.
+            static = shape.cuda_graph and not any(job.teacher_context for job in jobs)
+            capture = static and torch.device(self.loaded.device).type == "cuda"
+            optimizer = torch.optim.AdamW(
+                [{"params": [row], "lr": torch.tensor(s.learning_rate, device=row.device) if capture
+                  else s.learning_rate} for row, s in zip(rows, settings)],
+                weight_decay=0.0, fused=_fused_supported(model), capturable=capture)
+            graphs = StepGraphs(self, lora, optimizer, [s.max_grad_norm for s in settings], capture) if static else None
+            padded = shape.max_length if shape.labels == "padded" else None
             step_losses: list[list[float]] = [[] for _ in jobs]
             model.train()
             try:
                 for step in range(n_steps):
                     active = [k for k, schedule in enumerate(schedules) if step < len(schedule)]
                     batch = [(k, seq) for k in active for seq in schedules[k][step]]
-                    padded = shape.max_length if shape.labels == "padded" else None
-                    for k, loss in self._accumulate_gradients(lora, batch, len(jobs), per_sequence, padded).items():
-                        step_losses[k].append(loss)
-                    _clip_per_adapter(lora.gradients, [settings[k].max_grad_norm for k in range(len(jobs))], active)
-                    # An adapter whose schedule has ended shows the optimizer no gradient, so its weights and
-                    # state stay as they are. Each job's learning rate follows its own schedule.
-                    for k, (row, gradient) in enumerate(zip(rows, lora.gradients)):
-                        row.grad = gradient if k in active else None
+                    # Each job's learning rate follows its own schedule.
                     for k in active:
-                        optimizer.param_groups[k]["lr"] = settings[k].lr_at(step, len(schedules[k]))
-                    optimizer.step()
-                    lora.gradients.zero_()
+                        _set_lr(optimizer.param_groups[k], settings[k].lr_at(step, len(schedules[k])))
+                    if graphs is not None:
+                        losses = graphs.step(batch, active, padded)
+                    else:
+                        losses = self._eager_step(lora, optimizer, rows, batch, active, per_sequence, padded,
+                                                  [s.max_grad_norm for s in settings])
+                    for k in active:
+                        step_losses[k].append(losses[k])
             finally:
                 model.eval()
                 lora.route(None)
@@ -273,33 +283,55 @@ class LoraUpdater:
             values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)
         return Tokens(tokens.ids, tokens.n_prompt, Soft(indices.cpu(), values.log_softmax(-1).cpu()))
 
-    def _accumulate_gradients(self, lora: MultiLora, batch: list[tuple[int, Tokens]], n_adapters: int,
-                              per_sequence: bool, padded_to: int | None = None) -> dict[int, float]:
-        """Forward and backward over one step's sequences; each adapter's loss is its own token mean (with
-        `padded_to`, the mean over every position of its sequences, padding included)."""
+    def _eager_step(self, lora: MultiLora, optimizer: torch.optim.Optimizer, rows: list[torch.nn.Parameter],
+                    batch: list[tuple[int, Tokens]], active: list[int], per_sequence: bool, padded_to: int | None,
+                    max_norms: list[float | None]) -> list[float]:
+        """One optimizer step over `batch`, its shapes as they come; each adapter's loss."""
         device = self.loaded.device
-        model = self.loaded.model
-        if padded_to is None:
-            # Packed on the host, where the routing reads the owners without waiting on the device.
-            packed = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id)
-            # Sequence boundaries are read on the host as well, before the batch moves to the device.
+        packed, weights, attention = self.step_batch(batch, len(rows), padded_to)
+        if attention is not None:
+            extra = {"attention_mask": attention.to(device)}
+        else:  # sequence boundaries are read on the host, before the batch moves to the device
             extra = {"cu_seq_lens_q": sequence_bounds(packed.position_ids)} if per_sequence else {}
+        # Routed on the host, from owners the device need not be waited on for.
+        lora.route(TokenRouting.from_owners(packed.owners, device))
+        per_adapter = self.loss_and_backward(packed.to(device), weights.to(device), extra, len(rows))
+        _clip_per_adapter(lora.gradients, *_clip_plan(max_norms, active, device))
+        # An adapter whose schedule has ended shows the optimizer no gradient, so its weights and state stay
+        # as they are.
+        for k, (row, gradient) in enumerate(zip(rows, lora.gradients)):
+            row.grad = gradient if k in active else None
+        optimizer.step()
+        lora.gradients.zero_()
+        return per_adapter.tolist()  # one transfer (and device sync) for all adapters
+
+    def step_batch(self, batch: list[tuple[int, Tokens]], n_adapters: int,
+                   padded_to: int | None) -> tuple[PackedBatch, torch.Tensor, torch.Tensor | None]:
+        """One step's sequences as rows on the host: packed (or, with `padded_to`, one per sequence padded to it,
+        with its attention mask), and each token's loss weight, so that each adapter's loss is its own token
+        mean (with `padded_to`, the mean over every position of its sequences, padding included)."""
+        if padded_to is None:
+            packed, attention = pack_sequences(batch, self.max_row_tokens, self.loaded.tokenizer.pad_token_id), None
         else:
             packed, attention = pad_sequences(batch, padded_to, self.loaded.tokenizer.eos_token_id)
-            extra = {"attention_mask": attention.to(device)}
-        lora.route(TokenRouting.from_owners(packed.owners, device))
-        packed = packed.to(device)
-        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **extra}
         owners, labels = packed.owners.flatten(), packed.labels.flatten()
         slots = owners.clamp(min=0)  # row padding has no label, so its slot never counts
         if padded_to is None:
-            predicted = torch.zeros(n_adapters, device=device).index_add(0, slots, (labels != -100).float())
+            predicted = torch.zeros(n_adapters).index_add(0, slots, (labels != -100).float())
         else:  # the Hugging Face Trainer's count: every label before the shift, i.e. all but the prompt's
-            counts = [0.0] * n_adapters
+            predicted = torch.zeros(n_adapters)
             for k, seq in batch:
-                counts[k] += padded_to - seq.n_prompt
-            predicted = torch.tensor(counts, device=device)
-        token_weights = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0)
+                predicted[k] += padded_to - seq.n_prompt
+        weights = torch.where(owners >= 0, 1.0 / predicted.clamp(min=1)[slots], 0.0).view_as(packed.owners)
+        return packed, weights, attention
+
+    def loss_and_backward(self, packed: PackedBatch, token_weights: torch.Tensor, extra: dict,
+                          n_adapters: int) -> torch.Tensor:
+        """Forward and backward on the device, without a host sync (so that it can be captured); each adapter's
+        loss, [n_adapters]. The routing is already set."""
+        model = self.loaded.model
+        inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **extra}
+        owners, labels, token_weights = packed.owners.flatten(), packed.labels.flatten(), token_weights.flatten()
         head = plain_output_head(model)
         if packed.soft is not None:  # context distillation: the logits are needed whole
             logits = model(**inputs, use_cache=False).logits.float().flatten(0, 1)
@@ -319,9 +351,119 @@ class LoraUpdater:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=STRIDED_GRADIENTS_WARNING)
             total.backward()
-        per_adapter = torch.zeros(n_adapters, device=device).index_add(0, slots, (token_loss * token_weights).detach())
-        losses = per_adapter.tolist()  # one transfer (and device sync) for all adapters
-        return {k: losses[k] for k, _ in batch}
+        return torch.zeros(n_adapters, device=token_loss.device).index_add(
+            0, owners.clamp(min=0), (token_loss * token_weights).detach())
+
+
+class StepGraphs:
+    """Training steps at a few fixed shapes, each captured once as a CUDA graph and then replayed.
+
+    A step's rows are padded to a power-of-two count and width (padding has no owner and no label), its LoRA
+    slots likewise, and attention is one [rows, 1, width, width] mask made on the host: transformers' own mask
+    from position ids asks the host whether a batch is packed, which a capture cannot. The first step of each
+    shape runs eagerly on a side stream, as the warm-up (it also creates the Adam state); then the shape is
+    captured, and later steps copy their inputs into its static buffers and replay it. Without `capture`, or
+    past `MAX_GRAPHS` shapes (each holds its own activation memory), the padded step runs eagerly."""
+
+    MAX_GRAPHS = 8
+
+    def __init__(self, updater: LoraUpdater, lora: MultiLora, optimizer: torch.optim.Optimizer,
+                 max_norms: list[float | None], capture: bool):
+        self.updater, self.lora, self.optimizer, self.max_norms = updater, lora, optimizer, max_norms
+        self.rows = [group["params"][0] for group in optimizer.param_groups]
+        self.capture = capture
+        self.shapes: dict[tuple, _StepShape] = {}
+
+    def step(self, batch: list[tuple[int, Tokens]], active: list[int], padded_to: int | None) -> list[float]:
+        device = self.updater.loaded.device
+        packed, weights, attention = self.updater.step_batch(batch, len(self.rows), padded_to)
+        height = _power_of_two(packed.input_ids.shape[0])
+        width = padded_to or _power_of_two(packed.input_ids.shape[1], 64)
+        host = _static_step_inputs(packed, weights, attention, height, width)
+        routing = TokenRouting.from_owners(host["owners"], "cpu", bucket=True)
+        if routing.scatter is not None:
+            host.update(scatter=routing.scatter, gather=routing.gather, index=routing.index)
+        key = (height, width, routing.slots, tuple(routing.adapters), routing.scatter is None, tuple(active))
+        shape = self.shapes.get(key)
+        if shape is None:
+            inputs = {name: tensor.to(device) for name, tensor in host.items()}
+            shape = _StepShape(inputs, TokenRouting(routing.adapters, routing.slots, inputs.get("scatter"),
+                                                    inputs.get("gather"), inputs.get("index")),
+                               _clip_plan(self.max_norms, active, device))
+            self.shapes[key] = shape
+        else:
+            for name, tensor in host.items():
+                shape.inputs[name].copy_(tensor, non_blocking=True)
+        self.lora.route(shape.routing)
+        for k, (row, gradient) in enumerate(zip(self.rows, self.lora.gradients)):
+            row.grad = gradient if k in active else None  # as in the eager step: ended adapters stay as they are
+        if shape.graph is not None:
+            shape.graph.replay()
+            return shape.losses.tolist()
+        if not (self.capture and sum(s.graph is not None for s in self.shapes.values()) < self.MAX_GRAPHS):
+            return self._run(shape).tolist()
+        warm_up = torch.cuda.Stream()
+        warm_up.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(warm_up):
+            losses = self._run(shape).tolist()
+        torch.cuda.current_stream().wait_stream(warm_up)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                shape.losses = self._run(shape)
+        except RuntimeError as error:  # nothing was executed: the warm-up was this step
+            warnings.warn(f"inner_loop.cuda_graph: capturing a training step failed ({error}); training eagerly",
+                          stacklevel=2)
+            self.capture = False
+        else:
+            shape.graph = graph
+        return losses
+
+    def _run(self, shape: _StepShape) -> torch.Tensor:
+        """Forward, backward, clipping and AdamW on the shape's buffers: what a graph captures."""
+        inputs = shape.inputs
+        self.lora.gradients.zero_()
+        packed = PackedBatch(inputs["input_ids"], inputs["position_ids"], inputs["labels"], inputs["owners"])
+        losses = self.updater.loss_and_backward(packed, inputs["weights"], {"attention_mask": inputs["mask"]},
+                                                len(self.rows))
+        _clip_per_adapter(self.lora.gradients, *shape.clip)
+        self.optimizer.step()
+        return losses
+
+
+@dataclass
+class _StepShape:
+    inputs: dict[str, torch.Tensor]  # on the device; a graph reads them where they are
+    routing: TokenRouting
+    clip: tuple[torch.Tensor | None, torch.Tensor | None]
+    graph: torch.cuda.CUDAGraph | None = None
+    losses: torch.Tensor | None = None  # the graph's output
+
+
+def _power_of_two(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+def _static_step_inputs(packed: PackedBatch, weights: torch.Tensor, attention: torch.Tensor | None, height: int,
+                        width: int) -> dict[str, torch.Tensor]:
+    """The step grown to [height, width] with rows and columns that own nothing and predict nothing, and its
+    attention mask [height, 1, width, width]: causal, within each sequence (positions restart at 0), to keys
+    not masked out by `attention` (padded labels)."""
+    rows, columns = packed.input_ids.shape
+
+    def grown(t: torch.Tensor, fill: float) -> torch.Tensor:
+        out = t.new_full((height, width), fill)
+        out[:rows, :columns] = t
+        return out
+
+    positions = torch.arange(width).repeat(height, 1)  # padding columns start a sequence of their own
+    positions[:rows, :columns] = packed.position_ids
+    keys = grown(attention, 1) if attention is not None else torch.ones(height, width, dtype=torch.long)
+    sequence = (positions == 0).cumsum(1)
+    same = sequence[:, :, None] == sequence[:, None, :]
+    mask = same & torch.ones(width, width, dtype=torch.bool).tril() & keys.bool()[:, None, :]
+    return {"input_ids": grown(packed.input_ids, 0), "position_ids": positions, "labels": grown(packed.labels, -100),
+            "owners": grown(packed.owners, -1), "weights": grown(weights, 0.0), "mask": mask[:, None]}
 
 
 @dataclass(frozen=True)
@@ -426,17 +568,31 @@ def pad_sequences(sequences: list[tuple[int, Tokens]], length: int, pad_id: int)
     return batch, attention
 
 
-def _clip_per_adapter(gradients: torch.Tensor, max_norms: list[float | None], active: list[int]) -> None:
-    """Clip each active adapter's whole gradient (its row) to its max norm, as `clip_grad_norm_` clips a
-    model's: scale by max_norm / (norm + 1e-6) when that is below 1."""
+def _clip_plan(max_norms: list[float | None], active: list[int],
+               device: torch.device | str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The active adapters that clip, and their max norms, on the device (made before a capture, not in it)."""
     clipped = [k for k in active if max_norms[k] is not None]
     if not clipped:
+        return None, None
+    return (torch.tensor(clipped, device=device),
+            torch.tensor([max_norms[k] for k in clipped], device=device, dtype=torch.float32))
+
+
+def _clip_per_adapter(gradients: torch.Tensor, index: torch.Tensor | None, limits: torch.Tensor | None) -> None:
+    """Clip each adapter in `index` (its whole gradient, its row) to its limit, as `clip_grad_norm_` clips a
+    model's: scale by max_norm / (norm + 1e-6) when that is below 1."""
+    if index is None:
         return
-    index = torch.tensor(clipped, device=gradients.device)
     norms = gradients.index_select(0, index).norm(dim=1)
-    limits = torch.tensor([max_norms[k] for k in clipped], device=gradients.device)
     scale = (limits / (norms + 1e-6)).clamp(max=1.0)
     gradients.index_copy_(0, index, gradients.index_select(0, index) * scale[:, None])
+
+
+def _set_lr(group: dict, lr: float) -> None:
+    if isinstance(group["lr"], torch.Tensor):  # a captured optimizer step reads it from the device
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
 
 
 def _fused_supported(model: torch.nn.Module) -> bool:

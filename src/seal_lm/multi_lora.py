@@ -46,17 +46,20 @@ class TokenRouting:
     index: torch.Tensor | None  # `adapters` on the device, to pick their weights when some are absent
 
     @classmethod
-    def from_owners(cls, owners: torch.Tensor, device: torch.device | str) -> TokenRouting:
+    def from_owners(cls, owners: torch.Tensor, device: torch.device | str, bucket: bool = False) -> TokenRouting:
         """Build from a host tensor of adapter ids (-1: no adapter, e.g. row padding), once per step,
         so that the forward passes never wait on the device. A token's slot is its rank among its
         adapter's tokens. Row padding's inputs all go to the last adapter's last slot, and its outputs
-        come from the first adapter's second-to-last slot, which nothing writes: a zero delta."""
+        come from the first adapter's second-to-last slot, which nothing writes: a zero delta. With `bucket`, the
+        slots are rounded up to a power of two, so that steps of similar sizes share a shape (CUDA graphs)."""
         flat = owners.reshape(-1).cpu()
         real = flat >= 0
         adapters, block, counts = torch.unique(flat[real], return_inverse=True, return_counts=True)
         if len(adapters) == 1 and bool(real.all()):
             return cls(adapters.tolist(), 0, None, None, None)
         slots = int(counts.max()) + 2
+        if bucket:
+            slots = 1 << (slots - 1).bit_length()
         order = torch.argsort(block, stable=True)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order)) - (counts.cumsum(0) - counts).repeat_interleave(counts)
