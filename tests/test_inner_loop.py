@@ -51,14 +51,17 @@ def test_seeded_training_is_deterministic_and_seed_matters(tiny):
     assert any(not torch.equal(a.adapter.weights[k][1], c.adapter.weights[k][1]) for k in a.adapter.weights)
 
 
-def test_jobs_trained_together_match_each_job_trained_alone(tiny):
-    """Different sequences, numbers of steps, learning rates and batch sizes in one multi-adapter pass."""
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_jobs_trained_together_match_each_job_trained_alone(tiny, cuda_graph):
+    """Different sequences, numbers of steps, learning rates and batch sizes in one multi-adapter pass (with
+    cuda_graph: steps captured and replayed on CUDA)."""
+    fast = replace(FAST, cuda_graph=cuda_graph)
     jobs = [
-        TrainJob(SEQUENCES, FAST),
-        TrainJob(SEQUENCES[:1], replace(FAST, learning_rate=3e-3, seed=5)),
-        TrainJob([SEQUENCES[2], SEQUENCES[0], "Orlan Vesk\nshort."], replace(FAST, epochs=4, batch_size=2, seed=9)),
+        TrainJob(SEQUENCES, fast),
+        TrainJob(SEQUENCES[:1], replace(fast, learning_rate=3e-3, seed=5)),
+        TrainJob([SEQUENCES[2], SEQUENCES[0], "Orlan Vesk\nshort."], replace(fast, epochs=4, batch_size=2, seed=9)),
     ]
-    updater = LoraUpdater(tiny, FAST, max_row_tokens=64)  # small rows: sequences of several jobs share rows
+    updater = LoraUpdater(tiny, fast, max_row_tokens=64)  # small rows: sequences of several jobs share rows
     together = updater.train(jobs)
     for job, joint in zip(jobs, together):
         alone, = updater.train([job])
