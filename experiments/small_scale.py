@@ -53,22 +53,27 @@ def arm_name(format_: str, temperature: float, update: str = "sft") -> str:
     return f"{format_}-t{temperature}" + ("" if update == "sft" else f"-{update}")
 
 
-def run_eval(runs: Path, name: str, split_args: list[str], args: list[str], data: Path,
-             common: list[str]) -> Path:
-    """One `seal eval` run, resumed if its directory exists with the same config; returns its directory."""
+def run_seal(runs: Path, name: str, arguments: list[str], meta: dict) -> Path:
+    """One `seal` command writing to runs/name, resumed if that directory exists with the same config (seal's own
+    resume); `meta` is recorded beside it in study.json. Returns the directory."""
     out = runs / name
     if not (out / "summary.json").exists() or (out / "incomplete").exists():
-        (out).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "incomplete").touch()
         started = time.time()
-        command = [str(Path(sys.executable).parent / "seal"), "eval", "--data", str(data), *split_args, *args, *common,
-                   "--out", str(out), "--no_progress"]
+        command = [str(Path(sys.executable).parent / "seal"), *arguments, "--out", str(out), "--no_progress"]
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[1:])}", flush=True)
         subprocess.run(command, check=True)
         (out / "incomplete").unlink()
-        (out / "study.json").write_text(json.dumps({"split_args": split_args, "args": args,
-                                                    "seconds_this_attempt": time.time() - started}))
+        (out / "study.json").write_text(json.dumps({**meta, "seconds_this_attempt": time.time() - started}))
     return out
+
+
+def run_eval(runs: Path, name: str, split_args: list[str], args: list[str], data: Path,
+             common: list[str]) -> Path:
+    """One `seal eval` run on `data`; returns its directory."""
+    return run_seal(runs, name, ["eval", "--data", str(data), *split_args, *args, *common],
+                    {"split_args": split_args, "args": args})
 
 
 def scores(run: Path, condition: str) -> dict[str, list[float]]:

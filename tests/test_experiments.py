@@ -41,3 +41,30 @@ def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evalu
     config = json.loads((tmp_path / "runs" / "rest-em" / "config.json").read_text())
     assert (config["skip"], config["limit"], config["train_limit"]) == (1, 1, 1)
     assert config["format"] == study["arms"][study["best"]]["args"][1]
+
+
+@pytest.mark.slow
+def test_arc_study_sweeps_on_the_tuning_seed_then_reports_the_chosen_cell_on_the_evaluation_seed(
+        tiny_model_dir, tmp_path):
+    fast = (f"--model.name {tiny_model_dir} --max_examples 3 --ttt.rank 4 --ttt.alpha 4 "
+            "--self_edit_sampling.max_new_tokens 24 --rest_em.rounds 1 --rest_em.contexts_per_round 2 "
+            "--rest_em.samples_per_context 2")
+    command = [sys.executable, str(ROOT / "experiments" / "arc_small_scale.py"), "sweep", "--sizes", "3", "4",
+               "--epochs", "1", "--tasks", "2", "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+               "--seal_args", fast]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    sweep = json.loads((tmp_path / "docs" / "arc_small_scale.json").read_text())["sweep"]
+    assert set(sweep["cells"]) == {"sweep-size3-epochs1", "sweep-size4-epochs1"} and sweep["chosen"] in sweep["cells"]
+    for name, cell in sweep["cells"].items():
+        config = json.loads((tmp_path / "runs" / name / "config.json").read_text())
+        assert (config["procedural_seed"], config["procedural_max_size"], config["max_epochs"]) == (0, cell["size"], 1)
+        assert config["conditions"] == ["icl", "oracle"] and len(config["oracle_configs"]) == 2
+        assert cell["oracle - icl"]["contexts"] == 2
+    subprocess.run([*command[:2], "report", *command[10:]], check=True, capture_output=True, text=True)
+    report = json.loads((tmp_path / "docs" / "arc_small_scale.json").read_text())["report"]
+    assert {"icl", "ttt", "round-1", "oracle"} <= set(report["conditions"])
+    assert "round-1 - ttt" in report["paired"] and report["paired"]["round-1 - ttt"]["contexts"] == 2
+    config = json.loads((tmp_path / "runs" / "report" / "config.json").read_text())
+    assert config["procedural_seed"] == 100 and config["procedural_max_size"] == sweep["cells"][sweep["chosen"]]["size"]
+    table = (tmp_path / "docs" / "arc_small_scale.md").read_text()
+    assert "Evaluation seed, once" in table and "Chosen: grids up to" in table

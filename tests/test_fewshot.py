@@ -107,6 +107,12 @@ def test_arc_eval_prints_icl_ttt_and_oracle_rows(tiny_model_dir, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["grader"] == "exact" and summary["conditions"]["icl"]["contexts"] == 2
     assert sum(summary["conditions"]["ttt"]["self_edit_status"].values()) == 2
+    rows = summary["conditions"]
+    for a, b in (("ttt", "icl"), ("oracle", "ttt"), ("oracle", "icl")):  # paired over the same 2 tasks
+        paired = summary["paired"][f"{a} - {b}"]
+        assert paired["contexts"] == 2
+        assert paired["mean"] == pytest.approx(rows[a]["accuracy"]["exact"]["mean"] - rows[b]["accuracy"]["exact"]["mean"])
+    assert summary["headline"] == "ttt - icl"
 
 
 def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_model_dir, tmp_path, capsys):
@@ -115,6 +121,8 @@ def test_arc_train_runs_rounds_through_the_same_outer_loop_and_resumes(tiny_mode
             "--rest_em.contexts_per_round", "2", "--rest_em.samples_per_context", "2", "--conditions", "[icl,ttt]"]
     assert main(args) == 0
     assert "SEAL round 1" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == "round-1 - ttt" and "round-1 - icl" in summary["paired"]
     kinds = [r["kind"] for r in _lines(out)]
     assert kinds.count("rollout") == 2 and kinds.count("sft") == 1
     assert json.loads((out / "config.json").read_text())["domain"] == "arc"

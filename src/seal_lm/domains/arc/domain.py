@@ -27,7 +27,16 @@ from tqdm.auto import tqdm
 
 import seal_lm.domains.arc.reference as reference  # noqa: PLR0402 (the package imports this module)
 from seal_lm.config import ConfigError, at_least, one_of
-from seal_lm.domain import RestEmSettings, Scored, Units, condition_row, sample_completions, summary
+from seal_lm.domain import (
+    RestEmSettings,
+    Scored,
+    Units,
+    condition_row,
+    headline_pair,
+    paired_differences,
+    sample_completions,
+    summary,
+)
 from seal_lm.domains.arc.augment import voting_augmentations
 from seal_lm.domains.arc.formats import (
     EPOCH_BOUNDS,
@@ -485,7 +494,16 @@ class ArcDomain:
         else:
             scoring = "exact test output (voting over 8 views)"
         setting = f"few-shot: {len(self.eval_tasks)} tasks from {self.config.eval_tasks}; success = {scoring}"
-        return summary(self.name, "Task success", self.units, display_name(self.config.model.name), "exact", setting, rows)
+        out = summary(self.name, "Task success", self.units, display_name(self.config.model.name), "exact", setting, rows)
+        # Every condition answers the same tasks: each task's success (one score per task, as tasks are counted).
+        scores = {key: {r.context_id: [r.accuracy["exact"]] for r in evals if r.condition == condition
+                        and r.round == round_} for key, round_, condition in keys}
+        pairs = [(f"round-{n}", b) for n in reversed(rounds) for b in ("ttt", "icl")]
+        pairs += [("ttt", "icl"), ("oracle", "ttt"), ("oracle", "icl")]
+        out["paired"] = paired_differences({k: v for k, v in scores.items() if v}, pairs,
+                                           {k: row["label"] for k, row in rows.items()})
+        out["headline"] = headline_pair(out["paired"], [f"{a} - {b}" for a, b in pairs])
+        return out
 
 
 def _label(condition: str, round_: int, n_oracle: int) -> str:
