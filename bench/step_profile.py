@@ -1,0 +1,66 @@
+"""Benchmark: where a training step's time goes, per op, and what the LoRA path costs.
+
+The inner-loop jobs of bench/inner_loop.py (one passage, K=5 self-edits) on the embedded model, in one
+process: first the step timed plainly (the packed job or the K jobs batched), then the same with LoRA on
+q_proj only (the difference is what LoRA on every linear layer costs, its FLOPs being about 2% of the
+step's), then one training call under torch.profiler, its ops summed by name and input shapes. The
+profiler's own overhead inflates small ops: read its table for shares, the plain timings for seconds.
+
+    python bench/step_profile.py [--dtype bfloat16] [--method packed-job|batched] [--epochs 10] [--rows 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+from inner_loop import build_jobs, matmul_peak_gflops
+from torch.profiler import ProfilerActivity, profile
+
+from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
+from seal_lm.models import ModelSettings, load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--method", choices=("packed-job", "batched"), default="packed-job")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rows", type=int, default=30, help="rows of the per-op table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops("cpu", getattr(torch, args.dtype))
+    loaded = load_model(ModelSettings(name="embedded", device="cpu", dtype=args.dtype))
+    _, jobs = build_jobs(5)
+
+    def work(settings: InnerLoopSettings) -> list[TrainJob]:
+        if args.method == "batched":
+            return [TrainJob(sequences, settings) for sequences in jobs]
+        return [TrainJob(jobs[0], replace(settings, batch_size=len(jobs[0])))]
+
+    seconds = {}
+    for targets in ("all-linear", ("q_proj",)):
+        settings = InnerLoopSettings(epochs=args.epochs, target_modules=targets)
+        updater = LoraUpdater(loaded, settings)
+        updater.train(work(replace(settings, epochs=1)))  # warm-up
+        started = time.perf_counter()
+        updater.train(work(settings))
+        seconds[targets] = time.perf_counter() - started
+    steps = args.epochs * (max(map(len, jobs)) if args.method == "batched" else 1)  # batch 1: a step per sequence
+    full, q_only = seconds["all-linear"], seconds[("q_proj",)]
+    print(f"{args.method}, {args.dtype}, {args.threads} threads, matmul peak {peak:.0f} GFLOP/s: {steps} steps in "
+          f"{full:.2f} s ({1000 * full / steps:.0f} ms a step) with LoRA on every linear layer, {q_only:.2f} s with "
+          f"LoRA on q_proj only: the LoRA path costs {100 * (full - q_only) / full:.0f}% of the step")
+    settings = InnerLoopSettings(epochs=args.epochs)
+    updater = LoraUpdater(loaded, settings)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        updater.train(work(settings))
+    print(profiler.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=28, max_shapes_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
