@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from small_scale import run_seal
+from small_scale import difference, percent, run_seal
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (3, 4, 5)
@@ -83,9 +83,8 @@ def report(runs: Path, sweep_result: dict, extra: list[str]) -> dict:
 def write_table(study: dict, docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "arc_small_scale.json").write_text(json.dumps(study, indent=1))
-    pct = lambda e: f"{100 * e['mean']:.0f}% [{100 * e['low']:.0f}, {100 * e['high']:.0f}] (n={e['n']})"  # noqa: E731
-    diff = lambda d: (f"{100 * d['mean']:+.0f} [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}], "  # noqa: E731
-                      f"p={d['p']:.3f}, {d['contexts']} tasks")
+    pct = lambda e: percent(e, 0)  # noqa: E731
+    diff = lambda d: difference(d, 0, "tasks")  # noqa: E731
     s = study["sweep"]
     lines = [f"# ARC at the embedded model's size ({time.strftime('%Y-%m-%d')})", "",
              f"`python experiments/arc_small_scale.py`, preset cpu-demo, {s['tasks']} procedural tasks per cell. "

@@ -131,12 +131,9 @@ REST_EM = ["--rest_em.rounds", "3", "--rest_em.contexts_per_round", "20", "--res
 
 def rest_em(runs: Path, passages: int, data: Path, common: list[str], arm: dict, start: int) -> dict:
     """`seal train` with the chosen arm: rounds learn from the tuning split, every row is on held-out passages."""
-    out = runs / "rest-em"
-    command = [str(Path(sys.executable).parent / "seal"), "train", "--train_data", str(data), "--train_limit",
-               str(start), "--data", str(data), "--skip", str(start), "--limit", str(passages),
-               *REST_EM, *arm["args"], *common, "--out", str(out), "--no_progress"]
-    print(f"[{time.strftime('%H:%M:%S')}] rest-em: {' '.join(command[1:])}", flush=True)
-    subprocess.run(command, check=True)  # resumes where a killed run stopped
+    arguments = ["train", "--train_data", str(data), "--train_limit", str(start), "--data", str(data), "--skip",
+                 str(start), "--limit", str(passages), *REST_EM, *arm["args"], *common]
+    out = run_seal(runs, "rest-em", arguments, {"args": REST_EM + arm["args"]})
     summary = json.loads((out / "summary.json").read_text())
     return {"split": f"trained on passages 0-{start - 1}, held out: passages {start}-{start + passages - 1}",
             "args": REST_EM + arm["args"],
@@ -144,12 +141,22 @@ def rest_em(runs: Path, passages: int, data: Path, common: list[str], arm: dict,
             "paired": summary.get("paired", {})}
 
 
+def percent(e: dict, digits: int) -> str:
+    """An accuracy with its interval and n, for the study tables."""
+    return f"{100 * e['mean']:.{digits}f}% [{100 * e['low']:.{digits}f}, {100 * e['high']:.{digits}f}] (n={e['n']})"
+
+
+def difference(d: dict, digits: int, units: str) -> str:
+    """A paired difference in points with its interval, p-value and number of contexts."""
+    return (f"{100 * d['mean']:+.{digits}f} [{100 * d['low']:+.{digits}f}, {100 * d['high']:+.{digits}f}], "
+            f"p={d['p']:.3f}, {d['contexts']} {units}")
+
+
 def write_table(study: dict, docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "small_scale.json").write_text(json.dumps(study, indent=1))
-    pct = lambda e: f"{100 * e['mean']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}] (n={e['n']})"  # noqa: E731
-    diff = lambda d: (f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}], "  # noqa: E731
-                      f"p={d['p']:.3f}, {d['contexts']} passages")
+    pct = lambda e: percent(e, 1)  # noqa: E731
+    diff = lambda d: difference(d, 1, "passages")  # noqa: E731
     lines = [f"# Small-scale study ({time.strftime('%Y-%m-%d')})", "",
              f"`{study['tune']['command']}`, contains grader. "
              f"Split: {study['tune']['split']}. Base {pct(study['tune']['base'])}, train on passage "

@@ -59,6 +59,24 @@ def test_rerun_resumes_without_redoing_work_and_reaches_the_same_summary(tiny_mo
     assert len(_lines(out)) == 6
 
 
+def test_resume_keeps_the_dtype_that_auto_resolved_to_when_the_run_started(tiny_model_dir, passages_file, tmp_path):
+    """A run started where `auto` meant the other dtype (bfloat16 is native on some CPUs only) goes on in it."""
+    from seal_lm.models import cpu_has_bf16
+
+    out = tmp_path / "run"
+    assert _eval(tiny_model_dir, passages_file, out, "--limit", "1", "--model.device", "cpu") == 0
+    runtime = json.loads((out / "runtime.json").read_text())
+    here = runtime[0]["dtype"]
+    assert here == ("bfloat16" if cpu_has_bf16() else "float32")
+    other = "float32" if here == "bfloat16" else "bfloat16"
+    (out / "runtime.json").write_text(json.dumps([{**runtime[0], "dtype": other}]))
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:-1]))  # the last condition still to do
+    assert _eval(tiny_model_dir, passages_file, out, "--limit", "1", "--model.device", "cpu") == 0
+    assert [r["dtype"] for r in json.loads((out / "runtime.json").read_text())] == [other, other]
+    assert json.loads((out / "config.json").read_text())["model"]["dtype"] == "auto"
+
+
 def test_teacher_condition_uses_another_model(tiny_model_dir, tiny_base_model_dir, passages_file, tmp_path):
     out = tmp_path / "run"
     assert _eval(tiny_model_dir, passages_file, out, "--limit", "1", "--teacher", str(tiny_base_model_dir),

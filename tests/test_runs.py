@@ -70,6 +70,17 @@ def test_runtime_is_recorded_per_process_and_a_change_warns_in_one_line(tmp_path
     assert len(json.loads((tmp_path / RUNTIME_FILE).read_text())) == 3
 
 
+def test_a_resumed_run_resolves_dtype_auto_as_its_first_process_did(tmp_path):
+    from seal_lm.models import ModelSettings
+
+    run = RunDir(tmp_path, {}, TYPES)
+    assert run.pinned_model(ModelSettings()).dtype == "auto"  # a new run: auto is this machine's choice
+    run.note_runtime({"dtype": "float32"})
+    run.note_runtime({"dtype": "bfloat16"})  # a later process of a run from before the pin
+    assert run.pinned_model(ModelSettings()).dtype == "float32"
+    assert run.pinned_model(ModelSettings(dtype="bfloat16")).dtype == "bfloat16"  # an explicit dtype stays
+
+
 def test_one_writer_per_run_directory_and_a_killed_holder_never_blocks(tmp_path):
     """A real second process holds the lock; this one is refused with its pid; once it is SIGKILLed the lock is
     free again (the OS drops it), although the lock file with its pid stays."""

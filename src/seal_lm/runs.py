@@ -3,6 +3,7 @@
 - `config.json`: the command, the domain and every setting (a valid `--config` file itself);
 - `runtime.json`: per process that worked on the run, the resolved device and dtype, the generation
   backend, and the versions of seal-lm (with its git commit when known), torch, transformers and peft;
+  a resumed run resolves `model.dtype: auto` as its first process did (`RunDir.pinned_model`);
 - `results.jsonl`: typed records (records.py), appended and flushed as each unit finishes;
 - `summary.json`: the recipe's summary, rewritten as the run progresses.
 
@@ -22,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,7 +42,7 @@ LOCK_FILE = ".lock"
 RUNTIME_CHECKED = ("generation_backend", "seal_lm", "torch", "transformers", "peft", "device", "dtype")
 
 if TYPE_CHECKING:
-    from seal_lm.models import LoadedModel
+    from seal_lm.models import LoadedModel, ModelSettings
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
@@ -142,6 +144,20 @@ class RunDir:
         _write_atomic(path, json.dumps(summary, indent=2, default=str))
         self.tracker.on_summary(summary)
         return path
+
+    def pinned_model(self, settings: ModelSettings) -> ModelSettings:
+        """`settings` with `dtype: auto` pinned to the dtype that this run's first process resolved it to
+        (runtime.json): resumed on a machine where auto means another dtype (bfloat16 is native on some CPUs and
+        not others), the run goes on computing as it started instead of mixing dtypes. Unchanged for a new run
+        or an explicit dtype; config.json keeps `auto`."""
+        path = self.path / RUNTIME_FILE
+        if settings.dtype != "auto" or not path.exists():
+            return settings
+        first = json.loads(path.read_text(encoding="utf-8"))[0].get("dtype")
+        if first is None:
+            return settings
+        log.info("%s: model.dtype auto is %s, as when this run started", self.path, first)
+        return replace(settings, dtype=first)
 
     def note_runtime(self, info: dict[str, Any]) -> None:
         """Add this process's runtime to runtime.json; warn in one line where it differs from the last one's."""

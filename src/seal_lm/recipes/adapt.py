@@ -42,7 +42,7 @@ def run_adapt(domain: AdaptableDomain, out: str | Path, show_progress: bool = Tr
     run = RunDir(out, run_config("adapt", domain.name, domain.config),
                  record_types(SelfCheckQuestionsRecord, SelfCheckBeforeRecord, StepRecord), tracker,
                  defaults=config_defaults(domain.config))
-    loaded = load_model(domain.config.model)
+    loaded = load_model(run.pinned_model(domain.config.model))
     run.note_runtime(runtime_info(loaded, "hf"))
     questions = next(iter(run.of(SelfCheckQuestionsRecord)), None)
     if questions is None:  # written once, before any update

@@ -244,7 +244,7 @@ def run_continual(domain: SequentialDomain, out: str | Path, show_progress: bool
     total = len(variants) * settings.orders * settings.passages
     finished = len(run.of(StepRecord))
     if finished < total:
-        loaded = load_model(domain.config.model)
+        loaded = load_model(run.pinned_model(domain.config.model))
         run.note_runtime(runtime_info(loaded, "hf"))
         runner = ContinualRunner(domain, loaded, contexts, run, settings.passages, settings.draw)
         with tqdm(total=total, initial=finished, desc="continual updates", unit="update",

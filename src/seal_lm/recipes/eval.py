@@ -24,7 +24,7 @@ def run_eval(domain: Domain, out: str | Path, show_progress: bool = True, comman
     """Run (or resume) an evaluation into `out`; return the summary that is also written there."""
     run = RunDir(out, run_config(command, domain.name, domain.config), record_types(domain.eval_record), tracker,
                  defaults=config_defaults(domain.config))
-    model = load_model(domain.config.model)
+    model = load_model(run.pinned_model(domain.config.model))
     run.note_runtime(runtime_info(model, backend_name(model)))
     domain.evaluate(model, 0, run, show_progress)
     summary = domain.summarize(run.records)

@@ -73,10 +73,11 @@ def run_rest_em(domain: Domain, out: str | Path, show_progress: bool = True,
                 executor: ExecutorSettings | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
     """Run (or resume) all rounds into `out`; return the summary that is also written there. The rewards'
     inner loops run on `executor` (default: in this process); everything else runs here."""
-    settings, model_settings, seed = domain.config.rest_em, domain.config.model, domain.config.seed
+    settings, seed = domain.config.rest_em, domain.config.seed
     run = RunDir(out, run_config("train", domain.name, domain.config),
                  record_types(domain.eval_record, RolloutRecord, PolicyUpdateRecord), tracker,
                  defaults=config_defaults(domain.config))
+    model_settings = run.pinned_model(domain.config.model)
     domain.training_contexts()  # a bad training set fails before any work
     executor_ = (executor or ExecutorSettings()).create()
     try:
