@@ -155,7 +155,7 @@ def test_packed_rows_compute_the_same_logits_as_separate_sequences(tiny):
     assert ((packed.owners == -1) == (packed.labels == -100) & (packed.owners == -1)).all()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16 takes the math kernel
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # attention in float32 either way
 def test_per_sequence_attention_computes_the_masked_logits(tiny_model_dir, test_device, dtype):
     """On the CPU, training attends sequence by sequence instead of through a block mask over the row."""
     tiny = load_model(ModelSettings(name=str(tiny_model_dir), device=test_device, dtype=dtype))

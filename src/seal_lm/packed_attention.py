@@ -32,22 +32,22 @@ def _per_sequence_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.
     rows laid end to end (`cu_seq_lens_q` indexes that flat order)."""
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-    rows = query.shape[0]
+    rows, dtype = query.shape[0], query.dtype
 
     def flat(t: torch.Tensor) -> torch.Tensor:  # [rows, heads, tokens, dim] -> [1, heads, rows * tokens, dim]
-        return t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[3])
+        return t.float().transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[3])
 
     # split, not slicing: its backward is one concatenation, where each slice's would fill a zero
     # gradient of the whole row.
     lengths = [end - start for start, end in zip(cu_seq_lens_q, cu_seq_lens_q[1:])]
     queries, keys, values = (flat(t).split(lengths, dim=2) for t in (query, key, value))
-    # Measured on a 2-core AVX-512 CPU, one layer forward and backward: the flash kernel is fastest in
-    # float32 (3.3 ms against 5.2 for the math kernel) but slowest in bfloat16 (7.3 against 5.0).
-    backend = SDPBackend.MATH if query.dtype in (torch.bfloat16, torch.float16) else SDPBackend.FLASH_ATTENTION
-    with sdpa_kernel([backend, SDPBackend.MATH]):
+    # In float32 whatever the model's dtype. Measured on a 2-core AVX-512 BF16 CPU, one layer forward and
+    # backward: the flash kernel takes 3.3 ms in float32, the math kernel 5.0 in bfloat16 (flash 7.3); whole
+    # bfloat16 inner loops, A/B in one process, were 5-6% faster with float32 flash (docs/benchmarks.md).
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
         pieces = [sdpa_attention_forward(module, q, k, v, None, *args, **kwargs)[0]
                   for q, k, v in zip(queries, keys, values)]
-    out = torch.cat(pieces, dim=1)  # [1, rows * tokens, heads, dim]
+    out = torch.cat(pieces, dim=1).to(dtype)  # [1, rows * tokens, heads, dim]
     return out.reshape(rows, -1, *out.shape[2:]), None
 
 
