@@ -9,7 +9,7 @@ mean log-probability per token of the gold answers, teacher-forced). Printed:
     loop 1 and of inner loop 2 (1: seeds do not matter; 0: the reward is all noise), and the share of its
     variance that lies between self-edits rather than between seeds of one self-edit.
 
-    python bench/reward_density.py [--data squad_dev200.json] [--limit 10] [--k 3] [--repeats 2]
+    python bench/reward_density.py [--data squad_dev200.json] [--limit 10] [--k 3] [--repeats 2] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="self-edits per passage")
     parser.add_argument("--repeats", type=int, default=2, help="inner loops per self-edit (at least 2)")
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--dtype", default="auto", help="model.dtype (auto, float32, bfloat16)")
     parser.add_argument("--out", default=None, help="write the raw rewards here as JSON")
     args = parser.parse_args()
     config = KnowledgeConfig(train_data=args.data, train_limit=args.limit, reward="loglik", reward_baseline="base")
-    config.model.name = args.model
+    config.model.name, config.model.dtype = args.model, args.dtype
     config.validate()
     domain = KnowledgeDomain(config)
     passages = domain.training_contexts()
