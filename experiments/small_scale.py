@@ -98,10 +98,12 @@ def tune(runs: Path, passages: int, data: Path, common: list[str], temperatures:
     passage = scores(baselines, "passage")
     arms: dict[str, dict] = {}
 
+    edits: dict[str, dict[str, list[float]]] = {}
+
     def score(name: str, args: list[str]) -> float:
         run = run_eval(runs, f"tune-{name}", split, ["--conditions", "[self-edit]", *args], data, common)
-        edit = scores(run, "self-edit")
-        arms[name] = {"args": args, "self-edit": accuracy(edit), "vs_passage": versus(edit, passage),
+        edits[name] = scores(run, "self-edit")
+        arms[name] = {"args": args, "self-edit": accuracy(edits[name]), "vs_passage": versus(edits[name], passage),
                       "run": str(run.relative_to(runs))}
         return arms[name]["vs_passage"]["mean"]
 
@@ -110,7 +112,10 @@ def tune(runs: Path, passages: int, data: Path, common: list[str], temperatures:
     by_format = {"implications": by_temperature[temperature]}
     by_format |= {f: score(arm_name(f, temperature), arm_args(f, temperature)) for f in formats}
     format_ = max(by_format, key=by_format.get)
-    score(arm_name(format_, temperature, "distill"), arm_args(format_, temperature, "distill"))
+    distill, sft = arm_name(format_, temperature, "distill"), arm_name(format_, temperature)
+    score(distill, arm_args(format_, temperature, "distill"))
+    # The same self-edits (same seeds) learned by distillation and by SFT: the update rule's own effect.
+    arms[distill]["vs_sft"] = versus(edits[distill], edits[sft])
     best = max(arms, key=lambda n: arms[n]["vs_passage"]["mean"])
     return {"split": f"tuning: passages 0-{passages - 1}", "data": str(data),
             "base": accuracy(scores(baselines, "base")), "passage": accuracy(passage), "arms": arms, "best": best}
@@ -148,8 +153,9 @@ def percent(e: dict, digits: int) -> str:
 
 def difference(d: dict, digits: int, units: str) -> str:
     """A paired difference in points with its interval, p-value and number of contexts."""
+    p = "p<0.001" if d["p"] < 0.001 else f"p={d['p']:.3f}"
     return (f"{100 * d['mean']:+.{digits}f} [{100 * d['low']:+.{digits}f}, {100 * d['high']:+.{digits}f}], "
-            f"p={d['p']:.3f}, {d['contexts']} {units}")
+            f"{p}, {d['contexts']} {units}")
 
 
 def write_table(study: dict, docs: Path) -> None:
@@ -164,6 +170,10 @@ def write_table(study: dict, docs: Path) -> None:
              "| arm | passage + self-edit | minus train on passage (paired, points) |", "|---|---|---|"]
     for name, arm in study["tune"]["arms"].items():
         lines.append(f"| {name} | {pct(arm['self-edit'])} | {diff(arm['vs_passage'])} |")
+    for name, arm in study["tune"]["arms"].items():
+        if "vs_sft" in arm:
+            lines += ["", f"{name} minus {name.removesuffix('-distill')} (the same self-edits, distillation against "
+                          f"SFT): {diff(arm['vs_sft'])}."]
     lines += ["", f"Best on the tuning split: **{study['tune']['best']}**."]
     for stage, title in (("heldout", "Held out, evaluated once"), ("rest_em", "ReST-EM")):
         if stage in study:

@@ -22,12 +22,14 @@ def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evalu
     assert study["split"] == "tuning: passages 0-0"
     distilled = [name for name in study["arms"] if name.endswith("-distill")]
     assert set(study["arms"]) - set(distilled) == {"implications-t1.0", "open-book-qa-t1.0"} and len(distilled) == 1
+    # distillation is also paired against SFT of the same self-edits
+    assert study["arms"][distilled[0]]["vs_sft"]["contexts"] == 1
     for arm in study["arms"].values():
         assert arm["vs_passage"]["contexts"] == 1 and arm["self-edit"]["n"] == 5
         config = json.loads((tmp_path / "runs" / arm["run"] / "config.json").read_text())
         assert config["limit"] == 1 and config["skip"] == 0 and config["conditions"] == ["self-edit"]
     table = (tmp_path / "docs" / "small_scale.md").read_text()
-    assert "tuning: passages 0-0" in table and study["best"] in table
+    assert "tuning: passages 0-0" in table and study["best"] in table and "distillation against SFT" in table
     # a rerun redoes nothing: every run is finished
     rerun = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "seal eval" not in rerun.stdout and "--conditions" not in rerun.stdout
