@@ -185,3 +185,16 @@ def test_the_loglik_reward_is_the_gold_answers_mean_log_probability(tiny_model_d
     assert [s.baseline for s in scored] == pytest.approx(before) and all(b < 0 for b in before)
     assert all(r < 0 for s in scored for r in s.rewards)  # log-probabilities
     assert len(scored[0].details["accuracy_runs"]) == 2  # accuracy is recorded beside it
+    # by hand: the log-probabilities of the first gold answer's tokens (not of an end-of-turn after them)
+    from seal_lm.generation import encode_prompt
+
+    passage = passages[0]
+    expected = []
+    for q in passage.questions:
+        prompt = encode_prompt(model, config.question.asker(passage)(q.question))
+        answer = model.tokenizer(q.answers[0], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model.model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
+        steps = logits[len(prompt) - 1 : -1].log_softmax(-1)
+        expected.append(steps.gather(1, torch.tensor(answer)[:, None]).mean().item())
+    assert before[0] == pytest.approx(sum(expected) / len(expected), abs=1e-4)

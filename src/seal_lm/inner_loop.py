@@ -189,9 +189,12 @@ class LoraUpdater:
 
     def mean_loss(self, sequences: Sequence[Sequence_], max_length: int = 2048) -> float:
         """Mean next-token loss of the model as it is (no adapter) on the tokens training would predict."""
-        tokens = self.tokenize(sequences, max_length)
+        return self.tokens_loss(self.tokenize(sequences, max_length))
+
+    def tokens_loss(self, tokens: Sequence[Tokens]) -> float:
+        """Mean next-token loss of the model as it is over the predicted tokens of `tokens`."""
         if not tokens:
-            raise ValueError("mean_loss needs at least one sequence with something to predict")
+            raise ValueError("a mean loss needs at least one sequence with something to predict")
         total, count = 0.0, 0
         with torch.no_grad():
             for start in range(0, len(tokens), 8):
