@@ -7,7 +7,11 @@ mean log-probability per token of the gold answers, teacher-forced). Printed:
   - the correlation of the two rewards across self-edits (means over repeats);
   - each reward's seed-to-seed reliability: the correlation, across self-edits, between the reward of inner
     loop 1 and of inner loop 2 (1: seeds do not matter; 0: the reward is all noise), and the share of its
-    variance that lies between self-edits rather than between seeds of one self-edit.
+    variance that lies between self-edits rather than between seeds of one self-edit;
+  - both again within passages (each passage's mean over its self-edits subtracted first): ReST-EM compares
+    the self-edits of one passage, so that is the comparison a reward must get right; passage difficulty
+    alone would correlate the two rewards across passages.
+Correlations come with a 95% interval (Fisher z, n = self-edits).
 
     python bench/reward_density.py [--data squad_dev200.json] [--limit 10] [--k 3] [--repeats 2] [--dtype float32]
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +42,39 @@ def between_share(runs: list[list[float]]) -> float:
 
 def correlation(x: list[float], y: list[float]) -> float:
     return statistics.correlation(x, y) if len(set(x)) > 1 and len(set(y)) > 1 else float("nan")
+
+
+def with_interval(r: float, n: int) -> list[float]:
+    """[r, low, high]: a 95% interval by Fisher's z (nan where r is undefined or n <= 3)."""
+    if math.isnan(r) or n <= 3 or abs(r) >= 1:
+        return [r, float("nan"), float("nan")]
+    z, half = math.atanh(r), 1.96 / math.sqrt(n - 3)
+    return [r, math.tanh(z - half), math.tanh(z + half)]
+
+
+def within_passages(values: list[float], k: int) -> list[float]:
+    """`values` (k consecutive self-edits per passage) less their passage's mean."""
+    return [v - statistics.fmean(values[i - i % k : i - i % k + k]) for i, v in enumerate(values)]
+
+
+def summarize(loglik: list[list[float]], accuracy: list[list[float]], k: int) -> dict:
+    """The printed statistics from each self-edit's rewards (one value per inner loop), k self-edits a passage."""
+    n = len(loglik)
+    means = {name: [statistics.fmean(r) for r in runs] for name, runs in (("loglik", loglik), ("accuracy", accuracy))}
+    seeds = {name: ([r[0] for r in runs], [r[1] for r in runs]) for name, runs in (("loglik", loglik),
+                                                                                 ("accuracy", accuracy))}
+    return {
+        "self_edits": n,
+        "loglik_vs_accuracy": with_interval(correlation(means["loglik"], means["accuracy"]), n),
+        "reliability": {name: with_interval(correlation(*pair), n) for name, pair in seeds.items()},
+        "between_share": {"loglik": between_share(loglik), "accuracy": between_share(accuracy)},
+        "within_passages": {  # centring spends a degree of freedom per passage
+            "loglik_vs_accuracy": with_interval(correlation(within_passages(means["loglik"], k),
+                                                            within_passages(means["accuracy"], k)), n - n // k),
+            "reliability": {name: with_interval(correlation(within_passages(a, k), within_passages(b, k)), n - n // k)
+                            for name, (a, b) in seeds.items()},
+        },
+    }
 
 
 def main() -> None:
@@ -63,13 +101,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     loglik = [runs for s in scored for runs in s.details["reward_runs"]]
     accuracy = [runs for s in scored for runs in s.details["accuracy_runs"]]
-    rows = {
-        "self_edits": len(loglik), "passages": len(passages), "repeats": args.repeats, "seconds": seconds,
-        "loglik_vs_accuracy": correlation([statistics.fmean(r) for r in loglik], [statistics.fmean(r) for r in accuracy]),
-        "reliability": {name: correlation([r[0] for r in runs], [r[1] for r in runs])
-                        for name, runs in (("loglik", loglik), ("accuracy", accuracy))},
-        "between_share": {"loglik": between_share(loglik), "accuracy": between_share(accuracy)},
-    }
+    rows = {"passages": len(passages), "repeats": args.repeats, "seconds": seconds, "dtype": str(model.model.dtype),
+            **summarize(loglik, accuracy, args.k)}
     print(json.dumps(rows, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps({**rows, "loglik_runs": loglik, "accuracy_runs": accuracy}, indent=1))
