@@ -270,7 +270,7 @@ def answer_logliks(model: LoadedModel, passages: Sequence[Passage], adapters: Se
     teacher-forced in the closed-book prompt (the first gold answer of each question). The answer's tokens only:
     with the end-of-turn token after them, a short gold span's score was mostly how unlikely the model is to
     stop right there, which a self-edit that makes it answer in sentences lowers (on 30 SQuAD self-edits that
-    version correlated -0.49 with accuracy within passages)."""
+    version correlated -0.49 with accuracy within passages, this one -0.31: docs/results.md)."""
     updater = LoraUpdater(model)
     out = []
     for passage, adapter in zip(passages, adapters):
