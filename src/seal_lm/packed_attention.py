@@ -43,7 +43,7 @@ def _per_sequence_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.
     queries, keys, values = (flat(t).split(lengths, dim=2) for t in (query, key, value))
     # In float32 whatever the model's dtype. Measured on a 2-core AVX-512 BF16 CPU, one layer forward and
     # backward: the flash kernel takes 3.3 ms in float32, the math kernel 5.0 in bfloat16 (flash 7.3); whole
-    # bfloat16 inner loops, A/B in one process, were 5-6% faster with float32 flash (docs/benchmarks.md).
+    # bfloat16 inner loops are 1.04x (packed job) and 1.11x (batched) faster (bench/step_profile.py's A/B).
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
         pieces = [sdpa_attention_forward(module, q, k, v, None, *args, **kwargs)[0]
                   for q, k, v in zip(queries, keys, values)]

@@ -268,9 +268,8 @@ def answer_logliks(model: LoadedModel, passages: Sequence[Passage], adapters: Se
                    settings: QuestionSettings) -> list[float]:
     """Per (passage, adapter): the mean over its questions of the gold answer's mean log-probability per token,
     teacher-forced in the closed-book prompt (the first gold answer of each question). The answer's tokens only:
-    with the end-of-turn token after them, a short gold span's score was mostly how unlikely the model is to
-    stop right there, which a self-edit that makes it answer in sentences lowers (on 30 SQuAD self-edits that
-    version correlated -0.49 with accuracy within passages, this one -0.31: docs/results.md)."""
+    counting an end-of-turn token after them, a short span's score would be mostly how unlikely the model is
+    to stop right there (docs/results.md measures both)."""
     updater = LoraUpdater(model)
     out = []
     for passage, adapter in zip(passages, adapters):
