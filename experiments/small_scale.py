@@ -5,7 +5,7 @@ choice below is made; passages 100-199 are held out and evaluated once, with the
 
     python experiments/small_scale.py tune [--passages 20]      # stages 1-3 below, resumable
     python experiments/small_scale.py heldout [--passages 100]  # the chosen arm on passages 100-..., once
-    python experiments/small_scale.py rest-em [--passages 60]   # ReST-EM with it: tuning passages train,
+    python experiments/small_scale.py rest-em [--passages 64]   # ReST-EM with it: tuning passages train,
                                                                 # held-out passages 100-... evaluate
     python experiments/small_scale.py table                     # docs/results/small_scale.{md,json}
 
@@ -17,8 +17,11 @@ difference "passage + self-edit" - "train on passage" over the same questions, r
      SEAL's split);
   3. the update rule: context distillation (--update distill) on the best arm so far, against its SFT.
 The best arm is the one with the largest mean paired difference. The rest-em stage runs `seal train` with
-the best arm: 3 rounds x 20 tuning passages x 5 self-edits (the training passages are the tuning split's,
-never the held-out ones), every round evaluated on the held-out passages, paired against each other. Every run directory keeps its config;
+the held-out run's config (the best arm): by default 2 rounds x 20 tuning passages x 5 self-edits (the
+training passages are the tuning split's, never the held-out ones; about 3 hours in float32 on 2 cores),
+every round evaluated on the first 64 held-out passages (322 questions), paired against each other. Its
+round 0 is the heldout stage's records for those passages (same config, seeds and groups), the first
+group recomputed as the check. Every run directory keeps its config;
 the table records which split each run used. A rerun resumes each run where it stopped.
 """
 
@@ -131,19 +134,62 @@ def heldout(runs: Path, passages: int, data: Path, common: list[str], arm: dict,
             "paired": summary.get("paired", {})}
 
 
-REST_EM = ["--rest_em.rounds", "3", "--rest_em.contexts_per_round", "20", "--rest_em.samples_per_context", "5"]
+REST_EM_SCALE = {"rounds": 2, "contexts_per_round": 20, "samples_per_context": 5}
 
 
-def rest_em(runs: Path, passages: int, data: Path, common: list[str], arm: dict, start: int) -> dict:
-    """`seal train` with the chosen arm: rounds learn from the tuning split, every row is on held-out passages."""
-    arguments = ["train", "--train_data", str(data), "--train_limit", str(start), "--data", str(data), "--skip",
-                 str(start), "--limit", str(passages), *REST_EM, *arm["args"], *common]
-    out = run_seal(runs, "rest-em", arguments, {"args": REST_EM + arm["args"]})
+def rest_em(runs: Path, passages: int, data: Path, common: list[str], start: int, scale: dict[str, int]) -> dict:
+    """`seal train` with the held-out run's config (so the chosen arm and every evaluation setting are its own):
+    rounds learn from the tuning split, every row is on held-out passages. Round 0 (base, passage and self-edit
+    before RL) on these passages is what the heldout stage computed, with the same seeds and groups: its
+    records are copied in, except the first group's, which the run recomputes as the check of the copy."""
+    heldout_run = runs / "heldout"
+    if not (heldout_run / "summary.json").exists() or (heldout_run / "incomplete").exists():
+        sys.exit("small_scale.py: run the heldout stage first: rest-em starts from its config and its round 0")
+    scale_args = [x for key, value in scale.items() for x in (f"--rest_em.{key}", str(value))]
+    arguments = ["train", "--config", str(heldout_run / "config.json"), "--train_data", str(data), "--train_limit",
+                 str(start), "--limit", str(passages), *scale_args, *common]
+    out = runs / "rest-em"
+    copied = copy_round_zero(heldout_run, out, data, start, passages)
+    out = run_seal(runs, "rest-em", arguments, {"args": scale_args, "round_0_copied": copied})
     summary = json.loads((out / "summary.json").read_text())
+    meta = json.loads((out / "study.json").read_text())
     return {"split": f"trained on passages 0-{start - 1}, held out: passages {start}-{start + passages - 1}",
-            "args": REST_EM + arm["args"],
+            "args": scale_args,
+            "round_0": {"copied_from_heldout": meta.get("round_0_copied", []), **round_zero_check(heldout_run, out)},
             "conditions": {k: v["accuracy"][GRADER] for k, v in summary["conditions"].items()},
             "paired": summary.get("paired", {})}
+
+
+def copy_round_zero(heldout: Path, out: Path, data: Path, start: int, passages: int) -> list[str]:
+    """Before the rest-em run's first start: the heldout run's records of every whole evaluation group of these
+    passages but the first, into the new run; the context ids copied."""
+    if (out / "results.jsonl").exists():
+        return json.loads((out / "study.json").read_text()).get("round_0_copied", []) if (out / "study.json").exists() else []
+    from seal_lm.domains.knowledge.data import select_passages
+
+    size = json.loads((heldout / "config.json").read_text())["passages_per_batch"]
+    ids = [p.id for p in select_passages(str(data), "validation", start, passages)]
+    wanted = {c for i in range(size, len(ids) - size + 1, size) for c in ids[i : i + size]}
+    lines = [line for line in (heldout / "results.jsonl").read_text().splitlines()
+             if line.strip() and json.loads(line).get("round") == 0 and json.loads(line).get("context_id") in wanted]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(line + "\n" for line in lines))
+    (out / "study.json").write_text(json.dumps({"round_0_copied": sorted(wanted)}))
+    return sorted(wanted)
+
+
+def round_zero_check(heldout: Path, out: Path) -> dict:
+    """The round-0 records the rest-em run computed itself against the heldout run's for the same passages: how
+    many (passage, condition) records have exactly the same answers."""
+    def answers(run: Path) -> dict[tuple[str, str], list[str]]:
+        return {(r["context_id"], r["condition"]): [a for q in r["questions"] for a in q["predictions"]]
+                for r in read_jsonl(run / "results.jsonl") if r.get("kind") == "eval" and r.get("round") == 0}
+
+    mine, theirs = answers(out), answers(heldout)
+    copied = set(json.loads((out / "study.json").read_text()).get("round_0_copied", []))
+    recomputed = [key for key in mine if key[0] not in copied and key in theirs]
+    return {"recomputed_records": len(recomputed),
+            "identical_answers": sum(mine[key] == theirs[key] for key in recomputed)}
 
 
 def percent(e: dict, digits: int) -> str:
@@ -180,6 +226,11 @@ def write_table(study: dict, docs: Path) -> None:
             h = study[stage]
             lines += ["", f"{title} ({h['split']}, `{' '.join(h['args'])}`):", ""]
             lines += [f"- {k}: {pct(v)}" for k, v in h["conditions"].items()]
+            if "round_0" in h:
+                check = h["round_0"]
+                lines += [f"- round 0 for {len(check['copied_from_heldout'])} passages copied from the held-out run; "
+                          f"of {check['recomputed_records']} records recomputed here, {check['identical_answers']} "
+                          "have the held-out run's answers exactly"]
             lines += [f"- {v['label']}: {diff(v)}" for v in h["paired"].values()]
     (docs / "small_scale.md").write_text("\n".join(lines) + "\n")
 
@@ -188,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=("tune", "heldout", "rest-em", "table"))
     parser.add_argument("--passages", type=int, default=None,
-                        help="tune: 20 (of 0-99); heldout: 100 (100-199); rest-em: 60 held-out passages")
+                        help="tune: 20 (of 0-99); heldout: 100 (100-199); rest-em: 64 held-out passages")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--held_out_start", type=int, default=HELD_OUT_START,
                         help="the first held-out passage; the tuning split is every passage before it")
@@ -196,6 +247,8 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    for key, value in REST_EM_SCALE.items():
+        parser.add_argument(f"--{key}", type=int, default=value, help=f"rest-em: rest_em.{key} (default {value})")
     parser.add_argument("--seal_args", default="", help="more `seal eval` options for every run (e.g. a model)")
     args = parser.parse_args()
     common = args.seal_args.split()
@@ -211,11 +264,12 @@ def main() -> None:
     elif args.stage in ("heldout", "rest-em"):
         if "tune" not in study:
             sys.exit("small_scale.py: run the tune stage first: the held-out split is evaluated with its choice")
-        best = study["tune"]["arms"][study["tune"]["best"]]
         if args.stage == "heldout":
+            best = study["tune"]["arms"][study["tune"]["best"]]
             study["heldout"] = heldout(args.runs, args.passages or 100, args.data, common, best, args.held_out_start)
         else:
-            study["rest_em"] = rest_em(args.runs, args.passages or 60, args.data, common, best, args.held_out_start)
+            scale = {key: getattr(args, key) for key in REST_EM_SCALE}
+            study["rest_em"] = rest_em(args.runs, args.passages or 64, args.data, common, args.held_out_start, scale)
     elif "tune" not in study:
         sys.exit(f"small_scale.py: no study in {args.runs} yet: run the tune stage first")
     study_file.parent.mkdir(parents=True, exist_ok=True)

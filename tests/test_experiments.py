@@ -5,14 +5,19 @@ from pathlib import Path
 
 import pytest
 
+from seal_lm.domains.knowledge.data import load_demo_corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
 def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evaluates_held_out_passages(
-        tiny_model_dir, passages_file, tmp_path):
+        tiny_model_dir, tmp_path):
+    passages_file = tmp_path / "passages.json"  # one tuning passage, two held out
+    passages_file.write_text(json.dumps([{"title": p.title, "context": p.context, "questions": [
+        {"question": q.question, "answer": q.answers[0]} for q in p.questions]} for p in load_demo_corpus("validation")[:3]]))
     fast = (f"--model.name {tiny_model_dir} --inner_loop.epochs 1 --inner_loop.rank 4 --inner_loop.alpha 8 "
-            "--self_edit_sampling.max_new_tokens 16")
+            "--self_edit_sampling.max_new_tokens 16 --passages_per_batch 1")
     command = [sys.executable, str(ROOT / "experiments" / "small_scale.py"), "tune", "--passages", "1",
                "--held_out_start", "1",
                "--data", str(passages_file), "--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
@@ -33,16 +38,25 @@ def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evalu
     # a rerun redoes nothing: every run is finished
     rerun = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "seal eval" not in rerun.stdout and "--conditions" not in rerun.stdout
-    # ReST-EM with the chosen arm: it learns from the tuning passage and is evaluated on the held-out one
-    rest_em = [*command[:2], "rest-em", "--passages", "1", *command[5:]]
+    # ReST-EM needs the held-out run: it starts from its config and its round 0
+    rest_em = [*command[:2], "rest-em", "--passages", "2", *command[5:]]
+    refused = subprocess.run(rest_em, capture_output=True, text=True)
+    assert refused.returncode != 0 and "run the heldout stage first" in refused.stderr
+    subprocess.run([*command[:2], "heldout", "--passages", "2", *command[5:]], check=True, capture_output=True)
+    # it learns from the tuning passage and is evaluated on the held-out ones
     subprocess.run(rest_em, check=True, capture_output=True, text=True)
     trained = json.loads((tmp_path / "docs" / "small_scale.json").read_text())["rest_em"]
-    assert trained["split"] == "trained on passages 0-0, held out: passages 1-1"
-    assert {"base", "passage", "self-edit", "round-3"} <= set(trained["conditions"])
-    assert trained["conditions"]["round-3"]["n"] == 5 and any("round 3" in v["label"] for v in trained["paired"].values())
+    assert trained["split"] == "trained on passages 0-0, held out: passages 1-2"
+    assert {"base", "passage", "self-edit", "round-2"} <= set(trained["conditions"])
+    assert any("round 2" in v["label"] for v in trained["paired"].values())
     config = json.loads((tmp_path / "runs" / "rest-em" / "config.json").read_text())
-    assert (config["skip"], config["limit"], config["train_limit"]) == (1, 1, 1)
+    assert (config["skip"], config["limit"], config["train_limit"], config["rest_em"]["rounds"]) == (1, 2, 1, 2)
     assert config["format"] == study["arms"][study["best"]]["args"][1]
+    # round 0 of the second held-out passage is the held-out run's; the first passage's, recomputed, is the same
+    check = trained["round_0"]
+    assert len(check["copied_from_heldout"]) == 1
+    assert check["recomputed_records"] == 3 and check["identical_answers"] == 3
+    assert "have the held-out run's answers exactly" in (tmp_path / "docs" / "small_scale.md").read_text()
 
 
 @pytest.mark.slow
