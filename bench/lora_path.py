@@ -28,16 +28,14 @@ SHAPES = ((576, 1536), (1536, 576), (576, 576), (576, 192))  # gate/up, down, q/
 K = 5
 
 
-def best_microseconds(fn: Callable[[], object], calls: int, trials: int) -> float:
+def microseconds(fn: Callable[[], object], calls: int) -> float:
+    """Per call, after 10 warm-up calls."""
     for _ in range(10):
         fn()
-    best = float("inf")
-    for _ in range(trials):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - started) / calls * 1e6)
-    return best
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls * 1e6
 
 
 def layer_times(width_in: int, width_out: int, tokens_each: int, rank: int, dtype: torch.dtype,
@@ -75,9 +73,9 @@ def layer_times(width_in: int, width_out: int, tokens_each: int, rank: int, dtyp
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=STRIDED_GRADIENTS_WARNING)
         for _ in range(trials):  # interleaved: the VM's drift hits every variant alike
-            for name, routing in routings.items():
-                times[name] = min(times[name], best_microseconds(routed(routing), calls, 1))
-            times["six rank-r matmuls"] = min(times["six rank-r matmuls"], best_microseconds(six_matmuls, calls, 1))
+            variants = {**{name: routed(routing) for name, routing in routings.items()}, "six rank-r matmuls": six_matmuls}
+            for name, fn in variants.items():
+                times[name] = min(times[name], microseconds(fn, calls))
     return times
 
 

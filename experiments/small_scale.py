@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from seal_lm.records import read_jsonl
+from seal_lm.records import append_jsonl, read_jsonl
 from seal_lm.stats import mean_with_interval, paired_difference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,37 +148,34 @@ def rest_em(runs: Path, passages: int, data: Path, common: list[str], start: int
     scale_args = [x for key, value in scale.items() for x in (f"--rest_em.{key}", str(value))]
     arguments = ["train", "--config", str(heldout_run / "config.json"), "--train_data", str(data), "--train_limit",
                  str(start), "--limit", str(passages), *scale_args, *common]
-    out = runs / "rest-em"
-    copied = copy_round_zero(heldout_run, out, data, start, passages)
-    out = run_seal(runs, "rest-em", arguments, {"args": scale_args, "round_0_copied": copied})
+    copied = round_zero_copied(heldout_run, data, start, passages)
+    if not (runs / "rest-em" / "results.jsonl").exists():  # a new run: it starts with the copied records
+        copy_round_zero(heldout_run, runs / "rest-em", copied)
+    out = run_seal(runs, "rest-em", arguments, {"args": scale_args})
     summary = json.loads((out / "summary.json").read_text())
-    meta = json.loads((out / "study.json").read_text())
     return {"split": f"trained on passages 0-{start - 1}, held out: passages {start}-{start + passages - 1}",
             "args": scale_args,
-            "round_0": {"copied_from_heldout": meta.get("round_0_copied", []), **round_zero_check(heldout_run, out)},
+            "round_0": {"copied_from_heldout": sorted(copied), **round_zero_check(heldout_run, out, copied)},
             "conditions": {k: v["accuracy"][GRADER] for k, v in summary["conditions"].items()},
             "paired": summary.get("paired", {})}
 
 
-def copy_round_zero(heldout: Path, out: Path, data: Path, start: int, passages: int) -> list[str]:
-    """Before the rest-em run's first start: the heldout run's records of every whole evaluation group of these
-    passages but the first, into the new run; the context ids copied."""
-    if (out / "results.jsonl").exists():
-        return json.loads((out / "study.json").read_text()).get("round_0_copied", []) if (out / "study.json").exists() else []
+def round_zero_copied(heldout: Path, data: Path, start: int, passages: int) -> set[str]:
+    """The held-out passages whose round 0 comes from the heldout run: every whole evaluation group but the first."""
     from seal_lm.domains.knowledge.data import select_passages
 
     size = json.loads((heldout / "config.json").read_text())["passages_per_batch"]
     ids = [p.id for p in select_passages(str(data), "validation", start, passages)]
-    wanted = {c for i in range(size, len(ids) - size + 1, size) for c in ids[i : i + size]}
-    lines = [line for line in (heldout / "results.jsonl").read_text().splitlines()
-             if line.strip() and json.loads(line).get("round") == 0 and json.loads(line).get("context_id") in wanted]
+    return {c for i in range(size, len(ids) - size + 1, size) for c in ids[i : i + size]}
+
+
+def copy_round_zero(heldout: Path, out: Path, copied: set[str]) -> None:
+    records = [r for r in read_jsonl(heldout / "results.jsonl") if r.get("round") == 0 and r.get("context_id") in copied]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.jsonl").write_text("".join(line + "\n" for line in lines))
-    (out / "study.json").write_text(json.dumps({"round_0_copied": sorted(wanted)}))
-    return sorted(wanted)
+    append_jsonl(out / "results.jsonl", records)
 
 
-def round_zero_check(heldout: Path, out: Path) -> dict:
+def round_zero_check(heldout: Path, out: Path, copied: set[str]) -> dict:
     """The round-0 records the rest-em run computed itself against the heldout run's for the same passages: how
     many (passage, condition) records have exactly the same answers."""
     def answers(run: Path) -> dict[tuple[str, str], list[str]]:
@@ -186,7 +183,6 @@ def round_zero_check(heldout: Path, out: Path) -> dict:
                 for r in read_jsonl(run / "results.jsonl") if r.get("kind") == "eval" and r.get("round") == 0}
 
     mine, theirs = answers(out), answers(heldout)
-    copied = set(json.loads((out / "study.json").read_text()).get("round_0_copied", []))
     recomputed = [key for key in mine if key[0] not in copied and key in theirs]
     return {"recomputed_records": len(recomputed),
             "identical_answers": sum(mine[key] == theirs[key] for key in recomputed)}

@@ -76,12 +76,15 @@ def embedded() -> LoadedModel:
     return load_model(ModelSettings(device=TEST_DEVICE))
 
 
-@pytest.fixture()
-def passages_file(tmp_path) -> Path:
-    """Two demo passages in the SEAL grouping, as a user would pass with --data."""
+def write_passages(path: Path, count: int) -> Path:
+    """The first `count` demo passages in the SEAL grouping, as a user would pass with --data."""
     data = [{"title": p.title, "context": p.context,
              "questions": [{"question": q.question, "answer": q.answers[0]} for q in p.questions]}
-            for p in load_demo_corpus("validation")[:2]]
-    path = tmp_path / "passages.json"
+            for p in load_demo_corpus("validation")[:count]]
     path.write_text(json.dumps(data))
     return path
+
+
+@pytest.fixture()
+def passages_file(tmp_path) -> Path:
+    return write_passages(tmp_path / "passages.json", 2)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from seal_lm.domains.knowledge.data import load_demo_corpus
+from conftest import write_passages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,9 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_small_scale_study_tunes_on_the_tuning_split_then_trains_there_and_evaluates_held_out_passages(
         tiny_model_dir, tmp_path):
-    passages_file = tmp_path / "passages.json"  # one tuning passage, two held out
-    passages_file.write_text(json.dumps([{"title": p.title, "context": p.context, "questions": [
-        {"question": q.question, "answer": q.answers[0]} for q in p.questions]} for p in load_demo_corpus("validation")[:3]]))
+    passages_file = write_passages(tmp_path / "passages.json", 3)  # one tuning passage, two held out
     fast = (f"--model.name {tiny_model_dir} --inner_loop.epochs 1 --inner_loop.rank 4 --inner_loop.alpha 8 "
             "--self_edit_sampling.max_new_tokens 16 --passages_per_batch 1")
     command = [sys.executable, str(ROOT / "experiments" / "small_scale.py"), "tune", "--passages", "1",
