@@ -103,34 +103,92 @@ class MultiLoraLinear(nn.Module):
                 self._stacked = (self.lora_A.to(dtype), self.lora_B.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         routing = self.routing
         if routing is None:
-            return out
-        x = self.dropout(x)
+            return self.base(x)
         if isinstance(routing, RowRouting):
+            out, x = self.base(x), self.dropout(x)
             a, b = self._stacked
             wanted = routing.adapter_ids.expand(x.shape[0])
             ids = wanted.clamp(min=0)
             delta = torch.bmm(torch.bmm(x, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
             keep = (wanted >= 0).to(x.dtype)[:, None, None]
             return out + delta * (self.scaling * keep)
-        if routing.scatter is None:  # one adapter owns every token: no scatter, no padding
-            k = routing.adapters[0]
-            # With one adapter, a view: its backward costs no kernel, where a selection's allocates the stack.
-            a, b = ((self.lora_A.flatten(0, 1), self.lora_B.flatten(0, 1)) if len(self.lora_A) == 1
-                    else (self.lora_A[k], self.lora_B[k]))
-            delta = (x @ a.to(x.dtype).T) @ b.to(x.dtype).T
-            return torch.add(out, delta, alpha=self.scaling)
-        n, slots, width = len(routing.adapters), routing.slots, x.shape[-1]
-        tokens = x.reshape(-1, width)
-        padded = tokens.new_zeros(n * slots, width).index_copy_(0, routing.scatter, tokens).view(n, slots, width)
         a, b = self.lora_A, self.lora_B
-        if n < a.shape[0]:  # some adapters have no tokens in this step
+        if routing.scatter is None and len(a) == 1:
+            # With one adapter, a view: its backward costs no kernel, where a selection's allocates the stack.
+            a, b = a.flatten(0, 1), b.flatten(0, 1)
+        elif routing.scatter is None:
+            a, b = a[routing.adapters[0]], b[routing.adapters[0]]
+        elif len(routing.adapters) < len(a):  # some adapters have no tokens in this step
             a, b = a.index_select(0, routing.index), b.index_select(0, routing.index)
-        a, b = a.to(x.dtype), b.to(x.dtype)
-        delta = torch.bmm(torch.bmm(padded, a.transpose(1, 2)), b.transpose(1, 2)).view(n * slots, -1)
-        return torch.add(out, delta.index_select(0, routing.gather).view_as(out), alpha=self.scaling)
+        dropped = None if isinstance(self.dropout, nn.Identity) else self.dropout(x)
+        return LoraLinearStep.apply(x, dropped, self.base.weight, self.base.bias, a, b, self.scaling, routing)
+
+
+class LoraLinearStep(torch.autograd.Function):
+    """A training step through `base(x) + scaling * B_k A_k x`, the base layer frozen.
+
+    Autograd would give the input two gradients, `g @ W` and the LoRA path's, each a fresh [tokens, in]
+    tensor, and add them (and the same for the output): on a CPU the page faults of fresh multi-MB
+    tensors and the adds cost more than the LoRA path's own matmuls (docs/benchmarks.md). Here one of
+    the two products accumulates into the other's tensor (`addmm_`), forward and backward. `a` [r, in]
+    and `b` [out, r] when one adapter owns every token, else [n, r, in] and [n, out, r] with `routing`'s
+    scatter and gather."""
+
+    @staticmethod
+    def forward(ctx, x, dropped, weight, bias, a, b, scaling, routing):  # noqa: ANN001, ANN205 (autograd's signature)
+        width_in, width_out = x.shape[-1], weight.shape[0]
+        tokens = x.reshape(-1, width_in)
+        lora_in = tokens if dropped is None else dropped.reshape(-1, width_in)
+        a_cast, b_cast = a.to(x.dtype), b.to(x.dtype)
+        if routing.scatter is None:
+            low = lora_in @ a_cast.T
+            out = torch.nn.functional.linear(tokens, weight, bias).addmm_(low, b_cast.T, alpha=scaling)
+        else:
+            n, slots = len(routing.adapters), routing.slots
+            lora_in = lora_in.new_zeros(n * slots, width_in).index_copy_(0, routing.scatter, lora_in)
+            low = torch.bmm(lora_in.view(n, slots, width_in), a_cast.transpose(1, 2))
+            delta = torch.bmm(low, b_cast.transpose(1, 2)).view(n * slots, width_out)
+            out = delta.index_select(0, routing.gather).addmm_(tokens, weight.T, beta=scaling)  # the base into it
+            if bias is not None:
+                out.add_(bias)
+        ctx.save_for_backward(lora_in, low, weight, a_cast, b_cast)
+        ctx.scaling, ctx.routing, ctx.shapes = scaling, routing, (x.shape, None if dropped is None else dropped.shape)
+        ctx.dtypes = (a.dtype, b.dtype)
+        return out.view(*x.shape[:-1], width_out)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        lora_in, low, weight, a_cast, b_cast = ctx.saved_tensors
+        routing, scaling = ctx.routing, ctx.scaling
+        x_shape, dropped_shape = ctx.shapes
+        g = grad.reshape(-1, weight.shape[0])
+        if routing.scatter is None:
+            low_grad = (g @ b_cast).mul_(scaling)
+            grad_b = (g.T @ low).mul_(scaling)
+            grad_a = low_grad.T @ lora_in
+        else:
+            n, slots = len(routing.adapters), routing.slots
+            g_slots = g.new_zeros(n * slots, g.shape[1]).index_add_(0, routing.gather, g).view(n, slots, -1)
+            low_grad = torch.bmm(g_slots, b_cast).mul_(scaling)
+            grad_b = torch.bmm(g_slots.transpose(1, 2), low).mul_(scaling)
+            grad_a = torch.bmm(low_grad.transpose(1, 2), lora_in.view(n, slots, -1))
+        grad_a, grad_b = grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1])
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            raise SealError("multi-adapter LoRA trains adapters on a frozen base layer; its weight requires grad")
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None, None, grad_a, grad_b, None, None
+        if routing.scatter is None and dropped_shape is None:
+            grad_x, grad_dropped = (g @ weight).addmm_(low_grad, a_cast), None  # no second [tokens, in] tensor
+        else:
+            lora_grad = (low_grad @ a_cast if routing.scatter is None else
+                         torch.bmm(low_grad, a_cast).view(-1, weight.shape[1]).index_select(0, routing.scatter))
+            if dropped_shape is None:  # the base's gradient accumulated into the LoRA path's
+                grad_x, grad_dropped = lora_grad.addmm_(g, weight), None
+            else:  # dropout: the LoRA path's input is a tensor of its own
+                grad_x, grad_dropped = g @ weight, lora_grad.view(dropped_shape)
+        return grad_x.view(x_shape), grad_dropped, None, None, grad_a, grad_b, None, None
 
 
 def lora_views(rows: torch.Tensor, rank: int, base: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
