@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,7 +138,8 @@ class LoraLinearStep(torch.autograd.Function):
     scatter and gather."""
 
     @staticmethod
-    def forward(ctx, x, dropped, weight, bias, a, b, scaling, routing):  # noqa: ANN001, ANN205 (autograd's signature)
+    def forward(ctx: Any, x: torch.Tensor, dropped: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
+                a: torch.Tensor, b: torch.Tensor, scaling: float, routing: TokenRouting) -> torch.Tensor:
         width_in, width_out = x.shape[-1], weight.shape[0]
         tokens = x.reshape(-1, width_in)
         lora_in = tokens if dropped is None else dropped.reshape(-1, width_in)
@@ -159,7 +161,7 @@ class LoraLinearStep(torch.autograd.Function):
         return out.view(*x.shape[:-1], width_out)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         lora_in, low, weight, a_cast, b_cast = ctx.saved_tensors
         routing, scaling = ctx.routing, ctx.scaling
         x_shape, dropped_shape = ctx.shapes
