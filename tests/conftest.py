@@ -88,3 +88,21 @@ def write_passages(path: Path, count: int) -> Path:
 @pytest.fixture()
 def passages_file(tmp_path) -> Path:
     return write_passages(tmp_path / "passages.json", 2)
+
+
+class ScriptedGenerator:
+    """A generator whose completions come from `answer(prompt, i)` (i counts completions), recording its calls."""
+
+    def __init__(self, answer):
+        self.answer, self.calls, self.count = answer, [], 0
+
+    def generate(self, prompts, params, adapters=None):
+        self.calls.append((len(prompts), params.n))
+        out = []
+        for p in prompts:
+            outs = []
+            for _ in range(params.n):
+                outs.append(self.answer(p, self.count))
+                self.count += 1
+            out.append(outs)
+        return out

@@ -4,14 +4,16 @@
 import json
 
 import pytest
+from conftest import ScriptedGenerator
 
+import seal_lm.domains.arc.domain as arc_domain
 from seal_lm.cli import main
 from seal_lm.domains.arc.augment import voting_augmentations
 from seal_lm.domains.arc.tasks import procedural_tasks
 from seal_lm.domains.arc.ttt import predict, ttt_job
 from seal_lm.errors import SealError
 from seal_lm.domains.arc.formats import EXAMPLE, RESPONSE_PREFIX, parse_config, self_edit_prompt, self_edit_text
-from seal_lm.generation import HFGenerator
+from seal_lm.generation import HFGenerator, render_prompt
 from seal_lm.inner_loop import Example, InnerLoopSettings
 from seal_lm.domains.arc import ArcConfig, ArcDomain
 
@@ -82,6 +84,24 @@ def test_invalid_self_edits_score_zero_without_training(tiny, tiny_model_dir):
     assert [s.details["status"] for s in scored] == [["ok", "invalid-json"], ["invalid-json"]]
     assert scored[0].rewards[1] == 0.0 and scored[1].rewards == [0.0]
     assert all(r in (0.0, 1.0) for s in scored for r in s.rewards) and all(s.baseline == 0.0 for s in scored)
+
+
+def test_sampled_self_edits_are_completions_that_rewards_evaluation_and_the_policy_read_once(tiny, monkeypatch):
+    """The model writes after the prompt's `{"augmentations": ["`: ReST-EM's rollouts score those completions and
+    train the policy on them after the prompt, so the prefix must be added once, by the consumer."""
+    domain = ArcDomain(ArcConfig(procedural_count=1, max_examples=3,
+                                 ttt=InnerLoopSettings(rank=4, alpha=4, batch_size=2, epochs=1)))
+    written = VALID.removeprefix(RESPONSE_PREFIX)
+    generator = ScriptedGenerator(lambda prompt, i: written)
+    tasks = list(domain.training_contexts())
+    completions, invalid = domain.sample_self_edits(generator, tasks, 2, seed=0)
+    assert completions == [[written, written]] and invalid == [0]
+    assert [s.details["status"] for s in domain.score(tiny, tasks, completions, repeats=1, seed=0)] == [["ok", "ok"]]
+    policy_text = render_prompt(tiny, domain.self_edit_prompt(tasks[0])) + completions[0][0]  # how SFT reads it
+    assert policy_text.endswith(VALID) and RESPONSE_PREFIX * 2 not in policy_text
+    monkeypatch.setattr(arc_domain, "make_generator", lambda model: generator)
+    record, = domain._evaluate_group(tiny, tasks[:1], "ttt", 0)
+    assert record.self_edits and all(e["completion"] == VALID and e["status"] == "ok" for e in record.self_edits)
 
 
 ARC = ["--domain", "arc", "--procedural_count", "2", "--procedural_max_size", "4", "--max_examples", "3", "--ttt.rank", "4",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import seal_lm.domains.arc.domain as arc_domain
+from conftest import ScriptedGenerator
 from seal_lm.cli import main
 from seal_lm.config import ConfigError, parse_values, preset_source
 from seal_lm.domains.arc import ArcConfig, ArcDomain, reference
@@ -44,24 +45,6 @@ SELF_EDIT = json.dumps({"data_generation": {"use_basic_augmentations": True, "us
                                             "use_chain_augmentations": False, "use_repeat_augmentations": True},
                         "training": {"strategy": "train_using_output_tokens", "learning_rate": 1e-4,
                                      "num_train_epochs": 2}})
-
-
-class ScriptedGenerator:
-    """A generator whose completions come from `answer(prompt, i)` (i counts completions), recording its calls."""
-
-    def __init__(self, answer):
-        self.answer, self.calls, self.count = answer, [], 0
-
-    def generate(self, prompts, params, adapters=None):
-        self.calls.append((len(prompts), params.n))
-        out = []
-        for p in prompts:
-            outs = []
-            for _ in range(params.n):
-                outs.append(self.answer(p, self.count))
-                self.count += 1
-            out.append(outs)
-        return out
 
 
 # ---- (a) the self-edit prompt

@@ -224,8 +224,9 @@ class Domain(Protocol):
 
     def sample_self_edits(self, generator: Generator, contexts: Sequence[Any], n: int,
                           seed: int) -> tuple[list[list[str]], list[int]]:
-        """`n` self-edits per context, and per context how many invalid samples were drawn and discarded
-        (for domains that draw again until enough are valid, as SEAL's ARC code does; 0 elsewhere)."""
+        """`n` self-edit completions per context (what the model wrote after the self-edit prompt, as `score` and
+        the policy update take them), and per context how many invalid samples were drawn and discarded (for
+        domains that draw again until enough are valid, as SEAL's ARC code does; 0 elsewhere)."""
 
     def score(self, model: LoadedModel, contexts: Sequence[Any], completions: list[list[str]],
               repeats: int, seed: int) -> list[Scored]:

@@ -381,11 +381,12 @@ class ArcDomain:
 
     def sample_self_edits(self, generator: Generator, tasks: Sequence[Task], wanted: int,
                           seed: int) -> tuple[list[list[str]], list[int]]:
-        """`wanted` whole self-edits per task, and how many invalid ones were drawn and discarded. The
-        reference format redraws invalid ones (few-shot/self-edit.py) up to self_edit_attempts per self-edit."""
+        """`wanted` completions per task (what the model wrote after the prompt: `score` and the policy update
+        take them so, `self_edit_text` makes the whole self-edit), and how many invalid ones were drawn and
+        discarded. The reference format redraws invalid ones (few-shot/self-edit.py) up to self_edit_attempts
+        per self-edit."""
         if self.config.self_edit_format != "reference":
-            sampled = sample_completions(self, generator, tasks, wanted, seed)
-            return [[self.self_edit_text(c) for c in outs] for outs in sampled], [0] * len(tasks)
+            return sample_completions(self, generator, tasks, wanted, seed), [0] * len(tasks)
         prompts = [self.self_edit_prompt(t) for t in tasks]
         budget = wanted * self.config.self_edit_attempts
         valid: list[list[str]] = [[] for _ in tasks]
@@ -402,7 +403,7 @@ class ArcDomain:
                                              seed=seed if draw == 0 else derived_seed(seed, "redraw", draw, count))
                 for i, outs in zip(chosen, generator.generate([prompts[i] for i in chosen], params)):
                     for text in outs:
-                        (valid if self.parse(text).config is not None else invalid)[i].append(text)
+                        (valid if self.parse(self.self_edit_text(text)).config is not None else invalid)[i].append(text)
         texts = [v[:wanted] + (bad[-(wanted - len(v)):] if len(v) < wanted else []) for v, bad in zip(valid, invalid)]
         return texts, [len(bad) for bad in invalid]
 
@@ -439,8 +440,9 @@ class ArcDomain:
             if condition == "oracle":
                 texts = [list(self.config.oracle_configs) for _ in tasks]
             else:
-                texts, invalid = self.sample_self_edits(make_generator(model), tasks, self.config.self_edits_per_task,
-                                                        seed)
+                completions, invalid = self.sample_self_edits(make_generator(model), tasks,
+                                                              self.config.self_edits_per_task, seed)
+                texts = [[self.self_edit_text(c) for c in outs] for outs in completions]
             parsed = [[self.parse(x) for x in outs] for outs in texts]
             flat, flat_predicted, flat_notes, flat_cases = self.solve(
                 model, [t for t, ps in zip(tasks, parsed) for _ in ps], [p.config for ps in parsed for p in ps], seed)
