@@ -18,7 +18,8 @@ difference "passage + self-edit" - "train on passage" over the same questions, r
   3. the update rule: context distillation (--update distill) on the best arm so far, against its SFT.
 The best arm is the one with the largest mean paired difference. The rest-em stage runs `seal train` with
 the held-out run's config (the best arm): by default 2 rounds x 20 tuning passages x 5 self-edits (the
-training passages are the tuning split's, never the held-out ones; about 3 hours in float32 on 2 cores),
+training passages are the tuning split's, never the held-out ones; each reward the mean of 3 inner loops, as
+the held-out config says: about 90 min of rewards and 45 min of evaluation a round in float32 on 2 cores),
 every round evaluated on the first 64 held-out passages (322 questions), paired against each other. Its
 round 0 is the heldout stage's records for those passages (same config, seeds and groups), the first
 group recomputed as the check. Every run directory keeps its config;
