@@ -162,6 +162,8 @@ class LoraLinearStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            raise SealError("multi-adapter LoRA trains adapters on a frozen base layer; its weight requires grad")
         lora_in, low, weight, a_cast, b_cast = ctx.saved_tensors
         routing, scaling = ctx.routing, ctx.scaling
         x_shape, dropped_shape = ctx.shapes
@@ -177,8 +179,6 @@ class LoraLinearStep(torch.autograd.Function):
             grad_b = torch.bmm(g_slots.transpose(1, 2), low).mul_(scaling)
             grad_a = torch.bmm(low_grad.transpose(1, 2), lora_in.view(n, slots, -1))
         grad_a, grad_b = grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1])
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            raise SealError("multi-adapter LoRA trains adapters on a frozen base layer; its weight requires grad")
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None, grad_a, grad_b, None, None
         if routing.scatter is None and dropped_shape is None:

@@ -403,7 +403,7 @@ class ArcDomain:
                                              seed=seed if draw == 0 else derived_seed(seed, "redraw", draw, count))
                 for i, outs in zip(chosen, generator.generate([prompts[i] for i in chosen], params)):
                     for text in outs:
-                        (valid if self.parse(self.self_edit_text(text)).config is not None else invalid)[i].append(text)
+                        (valid if self.parse(text).config is not None else invalid)[i].append(text)  # whole: no prefix
         texts = [v[:wanted] + (bad[-(wanted - len(v)):] if len(v) < wanted else []) for v, bad in zip(valid, invalid)]
         return texts, [len(bad) for bad in invalid]
 
