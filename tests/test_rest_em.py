@@ -187,3 +187,25 @@ def test_a_run_resumed_after_losing_work_reaches_the_same_summary(finished_run, 
     assert len(run2.records) == len(run.records)
     before = _run(tiny_model_dir, copy)[1].records
     assert len(before) == len(run.records)  # a finished run has nothing left to do
+
+
+def test_a_run_kept_without_its_checkpoints_rebuilds_them(finished_run, tiny_model_dir, tmp_path, caplog):
+    """Run directories kept under version control keep their records but not their weights: resuming
+    one redoes a finished policy update (seeded) instead of failing to load its checkpoint."""
+    from safetensors.torch import load_file
+
+    summary, run, path = finished_run
+    lines = (path / "results.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, r in enumerate(run.records) if isinstance(r, RolloutRecord) and r.round == 2)
+    copy = tmp_path / "records-only"
+    copy.mkdir()
+    (copy / "config.json").write_text((path / "config.json").read_text())
+    (copy / "results.jsonl").write_text("".join(lines[:cut]))  # round 1 finished, its checkpoint not there
+    with caplog.at_level("WARNING", logger="seal_lm.recipes.rest_em"):
+        resumed, run2 = _run(tiny_model_dir, copy)
+    assert "policy-round-1 is missing; rebuilding it" in caplog.text
+    assert _stable(resumed) == _stable(summary)
+    assert [r.kind for r in run2.records] == [r.kind for r in run.records]  # round 1's update recorded once
+    rebuilt, original = (load_file(str(p / "policy-round-1" / "model.safetensors")) for p in (copy, path))
+    assert rebuilt.keys() == original.keys()
+    assert all(torch.equal(rebuilt[k], original[k]) for k in original)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ from seal_lm.models import LoadedModel, ModelSettings, load_model
 from seal_lm.records import EvalRecord, PolicyUpdateRecord, RolloutRecord, record_types
 from seal_lm.tracking import Tracker
 from seal_lm.runs import RunDir, config_defaults, derived_seed, one_writer, run_config, runtime_info
+
+log = logging.getLogger(__name__)
 
 
 def kept_indices(rewards: Sequence[float], baseline: float, rule: str, k: int = 2) -> list[int]:
@@ -156,10 +159,15 @@ def _collect_rollouts(settings: RestEmSettings, domain: Domain, executor: Execut
 def _update_policy(settings: RestEmSettings, domain: Domain, model: ModelSettings, policy: LoadedModel,
                    base: LoadedModel | None, round_: int, run: RunDir, seed: int) -> tuple[LoadedModel, Path | None]:
     """The M-step, unless the run did it already; returns the policy (updated in place when it trains here)
-    and the round's checkpoint (None when nothing was kept)."""
-    finished = [r for r in run.of(PolicyUpdateRecord) if r.round == round_]
-    if finished:
-        return policy, run.path / finished[0].checkpoint if finished[0].checkpoint else None
+    and the round's checkpoint (None when nothing was kept). A finished update whose checkpoint is missing
+    (a run directory kept without its weights, e.g. under version control) is redone: it is seeded, so it
+    rebuilds the same checkpoint, and its record stays the first one."""
+    finished = next((r for r in run.of(PolicyUpdateRecord) if r.round == round_), None)
+    if finished is not None and (finished.checkpoint is None or (run.path / finished.checkpoint).is_dir()):
+        return policy, run.path / finished.checkpoint if finished.checkpoint else None
+    if finished is not None:
+        log.warning("%s: %s is missing; rebuilding it from round %d's kept self-edits", run.path, finished.checkpoint,
+                    round_)
     started = time.perf_counter()
     contexts = {c.id: c for c in domain.training_contexts()}
     rollouts = [r for r in run.of(RolloutRecord) if r.round == round_]
@@ -181,7 +189,8 @@ def _update_policy(settings: RestEmSettings, domain: Domain, model: ModelSetting
         save_merged(policy, result.adapter, run.path / record.checkpoint)
         record.nll_after = updater.mean_loss(examples)
     record.seconds = time.perf_counter() - started
-    run.append(record)
+    if finished is None:
+        run.append(record)
     return policy, run.path / record.checkpoint if record.checkpoint else None
 
 
