@@ -145,6 +145,14 @@ def _stable(summary):
     return summary
 
 
+def _copy_of_run(path, copy, results):
+    """A run directory with `path`'s config and the given records, nothing else."""
+    copy.mkdir()
+    (copy / "config.json").write_text((path / "config.json").read_text())
+    (copy / "results.jsonl").write_text(results)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("vowels")
@@ -177,10 +185,7 @@ def test_a_run_resumed_after_losing_work_reaches_the_same_summary(finished_run, 
     lines = (path / "results.jsonl").read_text().splitlines(keepends=True)
     # As if killed during round 2's rollouts: round 1 and its checkpoint are kept, the rest is lost.
     cut = next(i for i, r in enumerate(run.records) if isinstance(r, RolloutRecord) and r.round == 2) + 1
-    copy = tmp_path / "resumed"
-    copy.mkdir()
-    (copy / "config.json").write_text((path / "config.json").read_text())
-    (copy / "results.jsonl").write_text("".join(lines[:cut]) + lines[cut][:7])
+    copy = _copy_of_run(path, tmp_path / "resumed", "".join(lines[:cut]) + lines[cut][:7])
     (copy / "policy-round-1").symlink_to(path / "policy-round-1", target_is_directory=True)
     resumed, run2 = _run(tiny_model_dir, copy)
     assert _stable(resumed) == _stable(summary)
@@ -197,10 +202,7 @@ def test_a_run_kept_without_its_checkpoints_rebuilds_them(finished_run, tiny_mod
     summary, run, path = finished_run
     lines = (path / "results.jsonl").read_text().splitlines(keepends=True)
     cut = next(i for i, r in enumerate(run.records) if isinstance(r, RolloutRecord) and r.round == 2)
-    copy = tmp_path / "records-only"
-    copy.mkdir()
-    (copy / "config.json").write_text((path / "config.json").read_text())
-    (copy / "results.jsonl").write_text("".join(lines[:cut]))  # round 1 finished, its checkpoint not there
+    copy = _copy_of_run(path, tmp_path / "records-only", "".join(lines[:cut]))  # round 1 done, no checkpoint
     with caplog.at_level("WARNING", logger="seal_lm.recipes.rest_em"):
         resumed, run2 = _run(tiny_model_dir, copy)
     assert "policy-round-1 is missing; rebuilding it" in caplog.text
