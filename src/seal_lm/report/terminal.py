@@ -59,12 +59,13 @@ def print_paired(summary: dict[str, Any], console: Console) -> None:
 
 
 def print_rounds(summary: dict[str, Any], console: Console | None = None) -> None:
-    """One line per ReST-EM round: mean reward against the baseline, and how often a self-edit beat it."""
+    """One line per ReST-EM round: mean reward against the baseline, and for how many contexts the keep rule kept
+    a self-edit (the rule `best` keeps one whatever its reward, so this is not how often one beat the baseline)."""
     console = console or Console()
     unit = summary["units"]["contexts"]
     for row in summary.get("rounds", []):
         console.print(f"round {row['round']}: mean reward {100 * row['mean_reward']:.1f}% vs baseline "
-                      f"{100 * row['mean_baseline']:.1f}%; a self-edit beat it on {row['kept']} of {row['contexts']} "
+                      f"{100 * row['mean_baseline']:.1f}%; self-edits kept for {row['kept']} of {row['contexts']} "
                       f"{unit}")
 
 
