@@ -12,8 +12,9 @@ so nothing else needs the logits). torch has no such fused op, hence this file.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from seal_lm.packed_linear import linear_forward, linear_input_grad
 
 # Architectures whose logits are exactly `lm_head(decoder output)`; others (Gemma 2 caps its logits,
 # Cohere and Granite rescale them) keep the plain path.
@@ -39,7 +40,7 @@ def default_chunk_rows(vocab_size: int, device: torch.device) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, token_weights, rows):
+    def forward(ctx, hidden, head, labels, token_weights, rows):
         losses = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], rows):
@@ -47,7 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = labels[span] >= 0
             target = labels[span].clamp(min=0)
             weight_of = torch.where(valid, token_weights[span], 0.0)
-            logits = F.linear(hidden[span], weight, bias).float()
+            logits = linear_forward(head, hidden[span]).float()
             target_logit = logits.gather(1, target[:, None])[:, 0]
             top = logits.amax(dim=1)
             probs = logits.sub_(top[:, None]).exp_()  # in place: one buffer per chunk
@@ -55,7 +56,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             losses[span] = torch.where(valid, top + total.log() - target_logit, 0.0)
             probs.mul_((weight_of / total)[:, None])
             probs[torch.arange(len(target), device=probs.device), target] -= weight_of
-            grad[span] = probs.to(weight.dtype) @ weight
+            grad[span] = linear_input_grad(head, probs.to(hidden.dtype))
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(losses)
         return (losses * token_weights).sum(), losses
@@ -63,12 +64,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_losses):
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None, None, None
+        return grad * grad_total.to(grad.dtype), None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, token_weights: torch.Tensor,
                          chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`sum_t w_t * CE(head(h_t), y_t)`, differentiable in `hidden` ([tokens, hidden]), and each
-    token's unweighted loss (0 where `y_t` is -100). The head must be frozen."""
+    token's unweighted loss (0 where `y_t` is -100). The head must be frozen (a `PackedLinear` computes with its
+    packed weight)."""
     rows = chunk_rows or default_chunk_rows(head.out_features, hidden.device)
-    return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, labels, token_weights.float(), rows)
+    return _LinearCrossEntropy.apply(hidden, head, labels, token_weights.float(), rows)

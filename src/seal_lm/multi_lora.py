@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from seal_lm.errors import SealError
+from seal_lm.packed_linear import linear_forward, linear_input_grad
 
 
 @dataclass
@@ -124,7 +125,7 @@ class MultiLoraLinear(nn.Module):
         elif len(routing.adapters) < len(a):  # some adapters have no tokens in this step
             a, b = a.index_select(0, routing.index), b.index_select(0, routing.index)
         dropped = None if isinstance(self.dropout, nn.Identity) else self.dropout(x)
-        return LoraLinearStep.apply(x, dropped, self.base.weight, self.base.bias, a, b, self.scaling, routing)
+        return LoraLinearStep.apply(x, dropped, self.base, a, b, self.scaling, routing)
 
 
 class LoraLinearStep(torch.autograd.Function):
@@ -133,41 +134,41 @@ class LoraLinearStep(torch.autograd.Function):
     Autograd would give the input two gradients, `g @ W` and the LoRA path's, each a fresh [tokens, in]
     tensor, and add them (and the same for the output): on a CPU the page faults of fresh multi-MB
     tensors and the adds cost more than the LoRA path's own matmuls (docs/benchmarks.md). Here one of
-    the two products accumulates into the other's tensor (`addmm_`), forward and backward. `a` [r, in]
+    the two products accumulates into the other's tensor (`addmm_`, or oneDNN's fused add where the base
+    layer is a `PackedLinear`), forward and backward. `a` [r, in]
     and `b` [out, r] when one adapter owns every token, else [n, r, in] and [n, out, r] with `routing`'s
     scatter and gather."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, dropped: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
-                a: torch.Tensor, b: torch.Tensor, scaling: float, routing: TokenRouting) -> torch.Tensor:
-        width_in, width_out = x.shape[-1], weight.shape[0]
+    def forward(ctx: Any, x: torch.Tensor, dropped: torch.Tensor | None, base: nn.Linear, a: torch.Tensor,
+                b: torch.Tensor, scaling: float, routing: TokenRouting) -> torch.Tensor:
+        if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+            raise SealError("multi-adapter LoRA trains adapters on a frozen base layer; its weight requires grad")
+        width_in, width_out = x.shape[-1], base.out_features
         tokens = x.reshape(-1, width_in)
         lora_in = tokens if dropped is None else dropped.reshape(-1, width_in)
         a_cast, b_cast = a.to(x.dtype), b.to(x.dtype)
         if routing.scatter is None:
             low = lora_in @ a_cast.T
-            out = torch.nn.functional.linear(tokens, weight, bias).addmm_(low, b_cast.T, alpha=scaling)
+            out = linear_forward(base, tokens).addmm_(low, b_cast.T, alpha=scaling)
         else:
             n, slots = len(routing.adapters), routing.slots
             lora_in = lora_in.new_zeros(n * slots, width_in).index_copy_(0, routing.scatter, lora_in)
             low = torch.bmm(lora_in.view(n, slots, width_in), a_cast.transpose(1, 2))
             delta = torch.bmm(low, b_cast.transpose(1, 2)).view(n * slots, width_out)
-            out = delta.index_select(0, routing.gather).addmm_(tokens, weight.T, beta=scaling)  # the base into it
-            if bias is not None:
-                out.add_(bias)
-        ctx.save_for_backward(lora_in, low, weight, a_cast, b_cast)
-        ctx.scaling, ctx.routing, ctx.shapes = scaling, routing, (x.shape, None if dropped is None else dropped.shape)
+            out = linear_forward(base, tokens, add=delta.index_select(0, routing.gather), add_scale=scaling)
+        ctx.save_for_backward(lora_in, low, a_cast, b_cast)
+        ctx.base, ctx.scaling, ctx.routing = base, scaling, routing
+        ctx.shapes = (x.shape, None if dropped is None else dropped.shape)
         ctx.dtypes = (a.dtype, b.dtype)
         return out.view(*x.shape[:-1], width_out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            raise SealError("multi-adapter LoRA trains adapters on a frozen base layer; its weight requires grad")
-        lora_in, low, weight, a_cast, b_cast = ctx.saved_tensors
-        routing, scaling = ctx.routing, ctx.scaling
+        lora_in, low, a_cast, b_cast = ctx.saved_tensors
+        base, routing, scaling = ctx.base, ctx.routing, ctx.scaling
         x_shape, dropped_shape = ctx.shapes
-        g = grad.reshape(-1, weight.shape[0])
+        g = grad.reshape(-1, base.out_features)
         if routing.scatter is None:
             low_grad = (g @ b_cast).mul_(scaling)
             grad_b = (g.T @ low).mul_(scaling)
@@ -180,17 +181,17 @@ class LoraLinearStep(torch.autograd.Function):
             grad_a = torch.bmm(low_grad.transpose(1, 2), lora_in.view(n, slots, -1))
         grad_a, grad_b = grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1])
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return None, None, None, None, grad_a, grad_b, None, None
+            return None, None, None, grad_a, grad_b, None, None
         if routing.scatter is None and dropped_shape is None:
-            grad_x, grad_dropped = (g @ weight).addmm_(low_grad, a_cast), None  # no second [tokens, in] tensor
+            grad_x, grad_dropped = linear_input_grad(base, g).addmm_(low_grad, a_cast), None  # no second [tokens, in]
         else:
             lora_grad = (low_grad @ a_cast if routing.scatter is None else
-                         torch.bmm(low_grad, a_cast).view(-1, weight.shape[1]).index_select(0, routing.scatter))
+                         torch.bmm(low_grad, a_cast).view(-1, base.in_features).index_select(0, routing.scatter))
             if dropped_shape is None:  # the base's gradient accumulated into the LoRA path's
-                grad_x, grad_dropped = lora_grad.addmm_(g, weight), None
+                grad_x, grad_dropped = linear_input_grad(base, g, add=lora_grad), None
             else:  # dropout: the LoRA path's input is a tensor of its own
-                grad_x, grad_dropped = g @ weight, lora_grad.view(dropped_shape)
-        return grad_x.view(x_shape), grad_dropped, None, None, grad_a, grad_b, None, None
+                grad_x, grad_dropped = linear_input_grad(base, g), lora_grad.view(dropped_shape)
+        return grad_x.view(x_shape), grad_dropped, None, grad_a, grad_b, None, None
 
 
 def lora_views(rows: torch.Tensor, rank: int, base: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
