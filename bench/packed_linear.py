@@ -4,9 +4,9 @@ linear layers, which repack the weight at every call. Side by side in one proces
 
 1. one matmul of the embedded model's shapes, `x W^T` and the input gradient `g W`, at several token counts;
 2. whole inner loops (bench/inner_loop.py's jobs): the packed job and the K=5 jobs batched,
-   `inner_loop.prepack_weights` on against off (also: whether the adapters come out the same);
+   `model.prepack_weights` on against off (also: whether the adapters come out the same);
 3. answering the passage's 5 questions with the 5 adapters (25 greedy answers of up to 64 tokens),
-   `HFGenerator.prepack_weights` on against off (also: whether the answers are the same).
+   `model.prepack_weights` on against off (also: whether the answers are the same).
 
     python bench/packed_linear.py [--dtype bfloat16] [--trials 3] [--parts matmul,inner-loop,answers]
 """
@@ -76,8 +76,8 @@ def inner_loops(loaded, trials: int, epochs: int) -> list:
         results = {}
 
         def run(packed: bool) -> None:
-            settings = InnerLoopSettings(epochs=epochs, prepack_weights=packed)
-            updater = LoraUpdater(loaded, settings)
+            settings = InnerLoopSettings(epochs=epochs)
+            updater = LoraUpdater(replace(loaded, prepack_weights=packed), settings)
             if method == "packed-job":
                 results[packed] = updater.train([TrainJob(jobs[0], replace(settings, batch_size=len(jobs[0])))])
             else:
@@ -98,8 +98,8 @@ def answers(loaded, passage, adapters, trials: int) -> None:
     outputs = {}
 
     def run(packed: bool) -> None:
-        outputs[packed] = answer_questions(HFGenerator(loaded, prepack_weights=packed), [passage] * len(adapters),
-                                           adapters)
+        outputs[packed] = answer_questions(HFGenerator(replace(loaded, prepack_weights=packed)),
+                                           [passage] * len(adapters), adapters)
 
     best = interleaved(run, trials)
     print(f"answers ({len(adapters)} adapters x {len(passage.questions)} questions): plain {best[False]:.2f} s, "

@@ -1,7 +1,8 @@
 """Benchmark: peak memory of a ReST-EM round, as a multiple of the model's weight bytes.
 
 1. The whole round: `seal train --preset cpu-demo` for one round (sampling, rewards, policy update,
-   evaluation of the new policy) in a fresh process; its peak resident memory.
+   evaluation of the new policy) in a fresh process; its peak resident memory, with `model.prepack_weights`
+   true (the default: on the CPU, packed copies of the frozen weights) and false, side by side.
 2. The policy update side by side, each variant in its own fresh process after the same LoRA SFT
    on the same examples:
    - reference: how a round updated its policy before one policy stayed in memory: merge the update
@@ -80,12 +81,13 @@ def policy_update(variant: str, model: str, root: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def whole_round(args: argparse.Namespace, root: Path) -> tuple[float, float, float]:
+def whole_round(args: argparse.Namespace, root: Path, prepack: bool) -> tuple[float, float, float]:
     command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--model.name", args.model,
+               "--model.prepack_weights", str(prepack).lower(),
                "--rest_em.rounds", "1", "--rest_em.contexts_per_round", str(args.passages),
                "--rest_em.samples_per_context", str(args.samples), "--limit", "1", "--no-progress",
                *(["--inner_loop.epochs", str(args.epochs)] if args.epochs else []),
-               "--out", str(root / "round")]
+               "--out", str(root / f"round-{prepack}")]
     started = time.perf_counter()
     done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     host_kib, _, device_mib = done.stderr.rsplit("PEAK_KIB ", 1)[1].split()[:3]
@@ -108,7 +110,7 @@ def main() -> None:
 
             args.model = save_random_model(args.shape, str(root / "model"))
         rows = [policy_update(v, args.model, root) for v in ("sft-only", "reference", "seal-lm")]
-        round_mib, round_device_mib, round_s = whole_round(args, root)
+        rounds = {prepack: whole_round(args, root, prepack) for prepack in (True, False)}
     weight_mib = rows[0]["weight_bytes"] / 2**20
     print(f"model {args.shape or args.model}: weights {weight_mib:.0f} MiB in {rows[0]['dtype']}\n")
     print(f"{'policy update':<14}{'peak MiB':>10}{'x weights':>11}{'merge adds MiB':>16}{'device MiB':>12}")
@@ -120,9 +122,12 @@ def main() -> None:
     reference, ours = rows[1]["peak_kib"], rows[2]["peak_kib"]
     print(f"\nreference / seal-lm peak: {reference / ours:.2f}x")
     epochs = f", {args.epochs} inner-loop epochs" if args.epochs else ""
-    print(f"whole cpu-demo round ({args.passages} passages x {args.samples} self-edits, 1 held-out passage{epochs}): "
-          f"peak {round_mib:.0f} MiB = {round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s"
-          + (f"; device peak {round_device_mib:.0f} MiB = {round_device_mib / weight_mib:.1f}x" if round_device_mib else ""))
+    print(f"\nwhole cpu-demo round ({args.passages} passages x {args.samples} self-edits, 1 held-out passage{epochs}):")
+    for prepack, (round_mib, round_device_mib, round_s) in rounds.items():
+        print(f"  model.prepack_weights {str(prepack).lower():<6} peak {round_mib:.0f} MiB = "
+              f"{round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s"
+              + (f"; device peak {round_device_mib:.0f} MiB = {round_device_mib / weight_mib:.1f}x"
+                 if round_device_mib else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The inner-loop jobs of bench/inner_loop.py (one passage, K=5 self-edits) on the embedded model, in one
 process: first the step timed plainly (the packed job or the K jobs batched), then the same with LoRA on
-q_proj only (the difference is what LoRA on every linear layer costs, its FLOPs being about 2% of the
+q_proj only (the difference is what LoRA on every linear layer costs, its FLOPs being about 9% of the
 step's), then A/B, interleaved, best of --trials: the per-sequence attention as seal-lm runs it (float32,
 flash kernel) against the reference, the model's dtype with the math kernel (seal-lm's path before
 2026-12-04); then one training call under torch.profiler, its ops summed by name and input shapes. The

@@ -86,8 +86,7 @@ def test_inner_loop_trains_the_same_adapters_with_and_without_packed_weights(tin
     monkeypatch.setattr("seal_lm.inner_loop.packed_linears", counting)
     jobs = [TrainJob(SEQUENCES), TrainJob(SEQUENCES[1:], replace(FAST, seed=3))]
     packed = LoraUpdater(tiny, FAST).train(jobs)
-    plain = LoraUpdater(tiny, replace(FAST, prepack_weights=False)).train(
-        [replace(job, settings=replace(job.settings or FAST, prepack_weights=False)) for job in jobs])
+    plain = LoraUpdater(replace(tiny, prepack_weights=False), FAST).train(jobs)
     assert counts == [15, 0]  # every linear layer packed (those LoRA wraps and the head), then none
     assert all(not isinstance(m, PackedLinear) for m in tiny.model.modules())
     for a, b in zip(packed, plain):
@@ -104,6 +103,6 @@ def test_generation_with_packed_weights_decodes_what_the_plain_layers_decode(tin
     adapter, = LoraUpdater(tiny, FAST).train([TrainJob(SEQUENCES)])
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
     packed = HFGenerator(tiny).generate(prompts, greedy, [adapter.adapter, None])
-    plain = HFGenerator(tiny, prepack_weights=False).generate(prompts, greedy, [adapter.adapter, None])
+    plain = HFGenerator(replace(tiny, prepack_weights=False)).generate(prompts, greedy, [adapter.adapter, None])
     assert packed == plain and all(text for (text,) in packed)
     assert all(not isinstance(m, PackedLinear) for m in tiny.model.modules())

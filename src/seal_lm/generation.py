@@ -118,7 +118,6 @@ class HFGenerator:
     loaded: LoadedModel
     batch_size: int = 16
     use_chat_template: bool | None = None  # None: use it when the tokenizer has one
-    prepack_weights: bool = True  # on the CPU, decode with the weights packed once for oneDNN (packed_linear.py)
     _chat: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -181,7 +180,7 @@ class HFGenerator:
         device = self.loaded.device
         if lora is not None:  # generate() repeats each row n times, next to each other
             lora.route(RowRouting(torch.tensor(adapter_ids, device=device).repeat_interleave(n)))
-        with torch.inference_mode(), packed_linears(self.loaded.model, self.prepack_weights):
+        with torch.inference_mode(), packed_linears(self.loaded.model, self.loaded.prepack_weights):
             output = self.loaded.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
             )

@@ -68,9 +68,6 @@ class InnerLoopSettings:
     """capture each training step (forward, backward, clipping, AdamW) as a CUDA graph and replay it, one graph per
     step shape: rows, widths and LoRA slots are padded to powers of two so that few shapes exist. Removes the
     kernel-launch overhead that bounds small models on a GPU. Elsewhere the same padded step runs uncaptured"""
-    prepack_weights: bool = True
-    """on the CPU, copy the frozen weights once into oneDNN's blocked layout (src/seal_lm/packed_linear.py) instead of
-    at every matmul: faster steps, for about twice the weights' bytes more memory (kept while the model lives)"""
     distill_top_k: int = 64
     """context distillation (jobs with a teacher context): the teacher's k most likely next tokens per position,
     renormalised, are the target (the full distribution would be [tokens, vocab] floats per sequence)"""
@@ -105,7 +102,7 @@ class InnerLoopSettings:
     def shape_key(self) -> tuple:
         """Jobs with equal keys can be trained together in one multi-adapter pass."""
         return (self.rank, self.alpha, self.dropout, self.target_modules, self.max_length, self.labels,
-                self.cuda_graph, self.prepack_weights)
+                self.cuda_graph)
 
 
 @dataclass(frozen=True)
@@ -231,7 +228,7 @@ class LoraUpdater:
         n_steps = max(len(schedule) for schedule in schedules)
         model = self.loaded.model
         with (injected(model, len(jobs), shape.rank, shape.alpha, shape.target_modules, shape.dropout) as lora,
-              per_sequence_attention(model) as per_sequence, packed_linears(model, shape.prepack_weights)):
+              per_sequence_attention(model) as per_sequence, packed_linears(model, self.loaded.prepack_weights)):
             for k, s in enumerate(settings):
                 lora.init_adapter(k, s.seed)
             # One parameter group per adapter, its row of the weights: its own learning rate, and its own

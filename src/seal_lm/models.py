@@ -48,6 +48,10 @@ class ModelSettings:
     kv_cache: str = "dynamic"
     """generation's KV cache: dynamic (grows per token) or static (preallocated; on CUDA transformers then decodes
     with a compiled, graph-captured step: the first calls compile)"""
+    prepack_weights: bool = True
+    """on the CPU, training and generation compute the frozen linear layers with copies of their weights packed once
+    for oneDNN (src/seal_lm/packed_linear.py) instead of at every matmul: faster, for up to twice the weights' bytes
+    more memory (kept while the model lives)"""
 
     def validate(self, key: str) -> None:
         one_of(f"{key}.dtype", self.dtype, DTYPES)
@@ -62,6 +66,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str  # the directory or hub id the weights were read from
+    prepack_weights: bool = True  # ModelSettings.prepack_weights
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +197,8 @@ def load_model(settings: ModelSettings | str = EMBEDDED_MODEL) -> LoadedModel:
         model.generation_config.cache_implementation = "static"
     model.eval()
     model.requires_grad_(False)  # the base model is frozen; only LoRA adapters ever train
-    return LoadedModel(model=model, tokenizer=tokenizer, name=display_name(settings.name), source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display_name(settings.name), source=source,
+                       prepack_weights=settings.prepack_weights)
 
 
 def display_name(name: str) -> str:
