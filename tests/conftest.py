@@ -76,6 +76,15 @@ def embedded() -> LoadedModel:
     return load_model(ModelSettings(device=TEST_DEVICE))
 
 
+def assert_same_training(results, others, atol: float = 1e-4) -> None:
+    """Two trainings of the same jobs ended alike: each job's epoch losses and its adapter's A and B."""
+    for a, b in zip(results, others, strict=True):
+        assert a.epoch_losses == pytest.approx(b.epoch_losses, rel=1e-5)
+        for name, (wa, wb) in a.adapter.weights.items():
+            assert torch.allclose(wa, b.adapter.weights[name][0], atol=atol)
+            assert torch.allclose(wb, b.adapter.weights[name][1], atol=atol)
+
+
 def write_passages(path: Path, count: int) -> Path:
     """The first `count` demo passages in the SEAL grouping, as a user would pass with --data."""
     data = [{"title": p.title, "context": p.context,

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import assert_same_training
 
 from seal_lm.inner_loop import InnerLoopSettings, LoraUpdater, TrainJob
 from seal_lm.multi_lora import MultiLoraLinear, TokenRouting
@@ -89,11 +90,7 @@ def test_inner_loop_trains_the_same_adapters_with_and_without_packed_weights(tin
     plain = LoraUpdater(replace(tiny, prepack_weights=False), FAST).train(jobs)
     assert counts == [15, 0]  # every linear layer packed (those LoRA wraps and the head), then none
     assert all(not isinstance(m, PackedLinear) for m in tiny.model.modules())
-    for a, b in zip(packed, plain):
-        assert a.epoch_losses == pytest.approx(b.epoch_losses, rel=1e-5)
-        for name, (wa, wb) in a.adapter.weights.items():
-            assert torch.allclose(wa, b.adapter.weights[name][0], atol=1e-4)
-            assert torch.allclose(wb, b.adapter.weights[name][1], atol=1e-4)
+    assert_same_training(packed, plain)
 
 
 def test_generation_with_packed_weights_decodes_what_the_plain_layers_decode(tiny):

@@ -80,18 +80,22 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _FrozenLinear.apply(x, self)
-        return linear_forward(self, x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        return _forward_any_shape(self, x)  # generation: no autograd node per layer and token
 
 
 class _FrozenLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
         ctx.layer, ctx.shape = layer, x.shape
-        return linear_forward(layer, x.reshape(-1, layer.in_features)).view(*x.shape[:-1], layer.out_features)
+        return _forward_any_shape(layer, x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return linear_input_grad(ctx.layer, grad.reshape(-1, ctx.layer.out_features)).view(ctx.shape), None
+
+
+def _forward_any_shape(layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+    return linear_forward(layer, x.reshape(-1, layer.in_features)).view(*x.shape[:-1], layer.out_features)
 
 
 def linear_forward(layer: nn.Linear, x: torch.Tensor, add: torch.Tensor | None = None,
