@@ -10,7 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from seal_lm.adapters import load_adapter, save_adapter, using
 from seal_lm.generation import HFGenerator, Prompt, SamplingParams
-from seal_lm.inner_loop import Example, InnerLoopSettings, LoraUpdater, StepGraphs, TrainJob, pack_sequences
+from seal_lm.inner_loop import (Example, InnerLoopSettings, LoraUpdater, StepGraphs, TrainJob, _clip_per_adapter,
+                                _clip_plan, pack_sequences)
 from seal_lm.linear_cross_entropy import linear_cross_entropy, plain_output_head
 from seal_lm.models import ModelSettings, load_model
 from seal_lm.multi_lora import MultiLoraLinear, TokenRouting, injected
@@ -355,6 +356,22 @@ def test_gradient_clipping_bounds_each_adapters_update(tiny):
     assert any(not torch.allclose(a.adapter.weights[k][1], b.adapter.weights[k][1]) for k in a.adapter.weights)
     for k in b.adapter.weights:  # clipping is per adapter: the neighbour's gradient does not change it
         assert torch.allclose(b.adapter.weights[k][1], alone.adapter.weights[k][1], atol=1e-6)
+
+
+def test_each_adapters_clipping_is_torchs_clip_grad_norm_on_its_row():
+    """Adapters 0 and 2 clip (to 1.0 and 0.5) as torch's clip_grad_norm_ clips one model's gradient; adapter 1 does
+    not clip and adapter 3 is inactive: their rows stay bit for bit."""
+    gradients = torch.randn(4, 300) * 10
+    expected = gradients.clone()
+    for row, limit in ((0, 1.0), (2, 0.5)):
+        parameter = torch.nn.Parameter(torch.zeros(300))
+        parameter.grad = expected[row].clone()
+        torch.nn.utils.clip_grad_norm_([parameter], limit)
+        expected[row] = parameter.grad
+    _clip_per_adapter(gradients, _clip_plan([1.0, None, 0.5, 1.0], active=[0, 1, 2], device="cpu"))
+    assert torch.equal(gradients[[1, 3]], expected[[1, 3]])
+    torch.testing.assert_close(gradients, expected, rtol=1e-6, atol=0)
+    assert _clip_plan([None, 1.0], active=[0], device="cpu") is None  # no active adapter clips
 
 
 def test_warmup_then_decay_matches_the_hugging_face_schedulers():

@@ -94,7 +94,7 @@ def test_the_paper_inner_loop_adapts_peft_default_targets_with_clipped_gradients
     result, = LoraUpdater(tiny, small).train([TrainJob(training_sequences(GENGHIS, (), "reference"), small)])
     assert sorted({name.rsplit(".", 1)[-1] for name in result.adapter.weights}) == ["q_proj", "v_proj"]
     gradients = torch.randn(3, 50) * 10
-    _clip_per_adapter(gradients, *_clip_plan([1.0, None, 1.0], active=[0, 1, 2], device="cpu"))
+    _clip_per_adapter(gradients, _clip_plan([1.0, None, 1.0], active=[0, 1, 2], device="cpu"))
     norms = gradients.norm(dim=1)
     assert norms[0] <= 1.0 and norms[2] <= 1.0 and norms[1] > 1.0  # the unclipped adapter is left alone
 
