@@ -584,7 +584,7 @@ def _clip_plan(max_norms: list[float | None], active: list[int], device: torch.d
 def _clip_per_adapter(gradients: torch.Tensor, limits: torch.Tensor | None) -> None:
     """Clip each adapter's whole gradient (its row) to its limit, as `clip_grad_norm_` clips a model's: scale by
     max_norm / (norm + 1e-6) when that is below 1. In place: a copy of the [K, numel] buffer is fresh memory at
-    every step, whose page faults cost a CPU about 0.2 s a step at K=5 (docs/benchmarks.md)."""
+    every step, whose page faults cost the embedded model 0.16 s a step at K=5 on a CPU (docs/benchmarks.md)."""
     if limits is None:
         return
     scale = (limits / (gradients.norm(dim=1) + 1e-6)).clamp(max=1.0)  # an infinite limit: 1.0, the row unchanged
