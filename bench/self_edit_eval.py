@@ -6,10 +6,15 @@ and then 5 closed-book answers of up to 64 tokens. Side by side, each in its own
   batched    - the 5 trained together in one multi-adapter pass and their 25 answers in one batch.
 Prints seconds per self-edit (training and answers), training tokens/s, the share of the device's
 matmul peak measured in the same run, and peak memory (resident on the CPU, allocated on a GPU).
-The model is the embedded one or a random-weight architecture from shapes.py (timing only).
+The model is the embedded one or a random-weight architecture from shapes.py (timing only). The inner loop
+is seal-lm's default (LoRA rank 32 on every linear layer, no clipping, the loss on the sequences' own
+tokens); with --lora reference, LoRA as SEAL's src/inner/TTT_server.py sets it (no target_modules, so
+PEFT's default q_proj and v_proj) with the Trainer's gradient clipping at 1.0. Either way sequences are
+packed, not padded to 2048 as the reference pads them (bench/inner_loop.py's reference method times that).
 
     python bench/self_edit_eval.py [--model embedded|qwen2.5-0.5b|llama-3.2-1b|qwen2.5-7b] [--device cpu]
                                    [--dtype bfloat16] [--kv_cache static] [--methods batched-graph,batched]
+                                   [--lora all-linear|reference]
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def run(method: str, args: dict, queue) -> None:
     asked = Passage(passage.title, passage.context, tuple(Question(q, ("x",)) for q in QUESTIONS))
     # "-graph": the same method with inner_loop.cuda_graph (captured training steps on CUDA)
     name, method, graphed = method, method.removesuffix("-graph"), method.endswith("-graph")
-    settings = InnerLoopSettings(epochs=args["epochs"], cuda_graph=graphed)
+    lora = {"target_modules": "peft-default", "max_grad_norm": 1.0} if args["lora"] == "reference" else {}
+    settings = InnerLoopSettings(epochs=args["epochs"], cuda_graph=graphed, **lora)
     updater = LoraUpdater(loaded, settings, max_adapters=args["k"] if method == "batched" else 1)
     if args["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -94,6 +100,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", default="batched,one-by-one")
     parser.add_argument("--kv_cache", default="dynamic", choices=("dynamic", "static"), help="answer generation's")
+    parser.add_argument("--lora", default="all-linear", choices=("all-linear", "reference"),
+                        help="all-linear: seal-lm's default inner loop; reference: LoRA on q_proj and v_proj with "
+                             "gradients clipped at 1.0, as SEAL's TTT_server.py")
     args = vars(parser.parse_args())
     peak = matmul_peak_gflops(args["device"], getattr(torch, args["dtype"]))
     context = mp.get_context("spawn")
@@ -109,8 +118,8 @@ def main() -> None:
         gflops = row["flops"] / row["train_s"] / 1e9
         print(json.dumps({**row, "seconds_per_self_edit": per_edit, "train_gflops": gflops,
                           "percent_of_peak": 100 * gflops / peak}), flush=True)
-    print(f"\n{args['model']} on {args['device']} ({args['dtype']}, {args['kv_cache']} KV cache), matmul peak {peak:.0f} GFLOP/s, "
-          f"K={args['k']}, {args['epochs']} epochs, 5 answers of 64 tokens per self-edit")
+    print(f"\n{args['model']} on {args['device']} ({args['dtype']}, {args['kv_cache']} KV cache, LoRA {args['lora']}), "
+          f"matmul peak {peak:.0f} GFLOP/s, K={args['k']}, {args['epochs']} epochs, 5 answers of 64 tokens per self-edit")
     print(f"{'method':<16}{'s/self-edit':>12}{'train s':>10}{'answer s':>10}{'train tok/s':>12}{'% peak':>8}"
           f"{'peak MiB':>10}")
     for row in rows:

@@ -31,6 +31,9 @@ timeout 400 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dt
   | tee "$OUT/self_edit_eval-qwen2.5-7b.log" | tail -4
 timeout 300 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dtype bfloat16 \
   --methods batched-graph,batched 2>&1 | tee "$OUT/self_edit_eval-qwen2.5-7b-graph.log" | tail -4
+# The 7B shape with the reference's LoRA (q_proj and v_proj, clipping at 1.0), the paper's 30-45 s setting.
+timeout 240 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dtype bfloat16 --methods batched \
+  --lora reference 2>&1 | tee "$OUT/self_edit_eval-qwen2.5-7b-reference-lora.log" | tail -3
 # 4. Peak host and device memory of one ReST-EM round on the 1B shape (random weights), as a multiple of its weights.
 timeout 400 python bench/round_memory.py --shape llama-3.2-1b 2>&1 | tee "$OUT/round_memory-1b.log" | tail -8
 # 3. A multi-adapter step's dispatch overhead as K grows (the launch-bound regime).
