@@ -1,8 +1,9 @@
 """Benchmark: peak memory of a ReST-EM round, as a multiple of the model's weight bytes.
 
 1. The whole round: `seal train --preset cpu-demo` for one round (sampling, rewards, policy update,
-   evaluation of the new policy) in a fresh process; its peak resident memory, with `model.prepack_weights`
-   true (the default: on the CPU, packed copies of the frozen weights) and false, side by side.
+   evaluation of the new policy) in a fresh process; the peak resident memory of each phase (and the
+   device's, on CUDA), with `model.prepack_weights` true (the default: on the CPU, packed copies of the
+   frozen weights) and false, side by side. "load" is loading the model, "other" the time between phases.
 2. The policy update side by side, each variant in its own fresh process after the same LoRA SFT
    on the same examples:
    - reference: how a round updated its policy before one policy stayed in memory: merge the update
@@ -66,13 +67,56 @@ print(json.dumps({"variant": variant, "peak_kib": resource.getrusage(resource.RU
                   "dtype": str(policy.model.dtype)}))
 '''
 
-PEAK_REPORTING_CLI = (
-    "import atexit, resource, sys, torch\n"
-    "atexit.register(lambda: print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'DEVICE_MIB',\n"
-    "    torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0, file=sys.stderr))\n"
-    "from seal_lm.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
+# Runs `seal train` in a child process with the round's phases marked: each phase's peak resident memory (Linux's
+# VmHWM, reset at every phase boundary through /proc/self/clear_refs) and, on CUDA, its peak allocated device memory.
+PHASED_CLI = r'''
+import atexit, functools, json, re, sys, torch
+from seal_lm.recipes import rest_em
+
+peaks, current, depth = {}, ["load"], [0]
+
+def close_phase():
+    host = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+    device = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+    old = peaks.get(current[0], (0.0, 0.0))
+    peaks[current[0]] = (max(old[0], host), max(old[1], device))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+def phase(label, function):
+    @functools.wraps(function)
+    def marked(*args, **kwargs):
+        if depth[0]:
+            return function(*args, **kwargs)
+        close_phase()
+        current[0] = label(args) if callable(label) else label
+        depth[0] += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+            close_phase()
+            current[0] = "other"
+    return marked
+
+run_rest_em = rest_em.run_rest_em
+def run_with_phases(domain, *args, **kwargs):
+    domain.evaluate = phase(lambda a: f"evaluation, round {a[1]}", domain.evaluate)
+    domain.sample_self_edits = phase("sampling", domain.sample_self_edits)
+    return run_rest_em(domain, *args, **kwargs)
+rest_em.run_rest_em = run_with_phases
+rest_em._score_group = phase("rewards", rest_em._score_group)
+rest_em._update_policy = phase("policy update", rest_em._update_policy)
+
+def report():
+    close_phase()
+    print("PHASES", json.dumps(peaks), file=sys.stderr)
+atexit.register(report)
+from seal_lm.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
 
 
 def policy_update(variant: str, model: str, root: Path) -> dict:
@@ -81,8 +125,9 @@ def policy_update(variant: str, model: str, root: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def whole_round(args: argparse.Namespace, root: Path, prepack: bool) -> tuple[float, float, float]:
-    command = [sys.executable, "-c", PEAK_REPORTING_CLI, "train", "--preset", "cpu-demo", "--model.name", args.model,
+def whole_round(args: argparse.Namespace, root: Path, prepack: bool) -> tuple[dict[str, list[float]], float]:
+    """Each phase's peak host and device MiB, in the order the phases first ran, and the round's seconds."""
+    command = [sys.executable, "-c", PHASED_CLI, "train", "--preset", "cpu-demo", "--model.name", args.model,
                "--model.prepack_weights", str(prepack).lower(),
                "--rest_em.rounds", "1", "--rest_em.contexts_per_round", str(args.passages),
                "--rest_em.samples_per_context", str(args.samples), "--limit", "1", "--no-progress",
@@ -90,8 +135,8 @@ def whole_round(args: argparse.Namespace, root: Path, prepack: bool) -> tuple[fl
                "--out", str(root / f"round-{prepack}")]
     started = time.perf_counter()
     done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    host_kib, _, device_mib = done.stderr.rsplit("PEAK_KIB ", 1)[1].split()[:3]
-    return int(host_kib) / 1024, float(device_mib), time.perf_counter() - started
+    phases = json.loads(done.stderr.rsplit("PHASES ", 1)[1].splitlines()[0])
+    return phases, time.perf_counter() - started
 
 
 def main() -> None:
@@ -123,11 +168,15 @@ def main() -> None:
     print(f"\nreference / seal-lm peak: {reference / ours:.2f}x")
     epochs = f", {args.epochs} inner-loop epochs" if args.epochs else ""
     print(f"\nwhole cpu-demo round ({args.passages} passages x {args.samples} self-edits, 1 held-out passage{epochs}):")
-    for prepack, (round_mib, round_device_mib, round_s) in rounds.items():
-        print(f"  model.prepack_weights {str(prepack).lower():<6} peak {round_mib:.0f} MiB = "
-              f"{round_mib / weight_mib:.1f}x the weights, {round_s:.0f} s"
-              + (f"; device peak {round_device_mib:.0f} MiB = {round_device_mib / weight_mib:.1f}x"
-                 if round_device_mib else ""))
+    for prepack, (phases, round_s) in rounds.items():
+        host = max(h for h, _ in phases.values())
+        device = max(d for _, d in phases.values())
+        print(f"  model.prepack_weights {str(prepack).lower():<6} peak {host:.0f} MiB = "
+              f"{host / weight_mib:.1f}x the weights, {round_s:.0f} s"
+              + (f"; device peak {device:.0f} MiB = {device / weight_mib:.1f}x" if device else ""))
+        for name, (host, device) in phases.items():
+            print(f"    {name:<22}{host:>8.0f} MiB {host / weight_mib:>5.1f}x"
+                  + (f"   device {device:>8.0f} MiB {device / weight_mib:>5.1f}x" if device else ""))
 
 
 if __name__ == "__main__":
