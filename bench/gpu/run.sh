@@ -35,6 +35,6 @@ timeout 300 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dt
 timeout 240 python bench/self_edit_eval.py --model qwen2.5-7b --device cuda --dtype bfloat16 --methods batched \
   --lora reference 2>&1 | tee "$OUT/self_edit_eval-qwen2.5-7b-reference-lora.log" | tail -3
 # 4. Peak host and device memory of one ReST-EM round on the 1B shape (random weights), as a multiple of its weights.
-timeout 400 python bench/round_memory.py --shape llama-3.2-1b 2>&1 | tee "$OUT/round_memory-1b.log" | tail -8
+timeout 400 python bench/round_memory.py --shape llama-3.2-1b 2>&1 | tee "$OUT/round_memory-1b.log" | tail -22
 # 3. A multi-adapter step's dispatch overhead as K grows (the launch-bound regime).
 timeout 200 python bench/step_overhead.py --device cuda 2>&1 | tee "$OUT/step_overhead.log" | tail -6
